@@ -1,0 +1,34 @@
+"""The oracle: the explicit-gate LSTM loop, step by step, with autograd for the backward.
+
+Kept plain on purpose; every other backend is tested against it.
+"""
+from __future__ import annotations
+
+import torch
+
+NAME = "reference"
+
+
+def unavailable_reason(device_type: str | None = None) -> str | None:
+    return None
+
+
+def supports(device_type: str, dtype: torch.dtype) -> str | None:
+    return None if dtype.is_floating_point else f"{dtype} is not a floating-point dtype"
+
+
+def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    h, c = h0, c0
+    hs, cs = [], []
+    for t in range(xg.shape[0]):
+        gates = xg[t] + h @ w_hh.t()
+        i, f, g, o = gates.chunk(4, dim=1)  # gate order i, f, g, o as in torch.nn.LSTM
+        i = torch.sigmoid(i)
+        f = torch.sigmoid(f)
+        g = torch.tanh(g)
+        o = torch.sigmoid(o)
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs), torch.stack(cs)

@@ -1,0 +1,209 @@
+"""The functional LSTM: one layer = input projection (one GEMM) + a backend's recurrence.
+
+``lstm`` is what ``ecgkern.LSTM`` calls; it takes the same inputs as ``torch.nn.LSTM.forward``
+plus the flat weights, and validates every one of them before any kernel sees it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .backends import get_backend
+
+LayerWeights = tuple  # (w_ih [4H, I], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None)
+
+
+def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih, b_hh) -> torch.Tensor:
+    """xg = x @ w_ih^T + (b_ih + b_hh) for all steps at once: [T, B, I] -> [T, B, 4H]."""
+    T, B, _ = x.shape
+    flat = x.reshape(T * B, x.shape[2])
+    if b_ih is None:
+        xg = flat @ w_ih.t()
+    else:
+        xg = torch.addmm(b_ih + b_hh, flat, w_ih.t())
+    return xg.view(T, B, w_ih.shape[0])
+
+
+def _time_mask(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
+    """[T, B, 1] boolean: True where step t is inside sequence b."""
+    steps = torch.arange(T, device=device).unsqueeze(1)
+    return (steps < lengths.to(device).unsqueeze(0)).unsqueeze(2)
+
+
+def reverse_sequences(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Reverse each sequence of a time-major [T, B, F] tensor within its own length.
+
+    Padding stays at the end, so a forward pass over the result is the reverse direction.
+    The map is its own inverse.
+    """
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    steps = torch.arange(T, device=x.device).unsqueeze(1)
+    lens = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(steps < lens, lens - 1 - steps, steps)  # [T, B]
+    return x.gather(0, index.unsqueeze(2).expand_as(x))
+
+
+def lstm_layer(x, h0, c0, weights: LayerWeights, *, lengths=None, reverse=False, backend="auto"):
+    """One direction of one layer over time-major ``x`` [T, B, I].
+
+    Returns ``(out [T, B, H], h_n [B, H], c_n [B, H])``. With ``lengths``, positions past a
+    sequence's end are zero in ``out`` and ``h_n``/``c_n`` are the states at its last valid step.
+    """
+    w_ih, w_hh, b_ih, b_hh = weights
+    impl = get_backend(backend, x.device, x.dtype)
+    mask = None
+    if lengths is not None:
+        mask = _time_mask(lengths, x.shape[0], x.device)
+        # Padding never reaches a valid step, but NaN/Inf in it would leak into gradients.
+        x = torch.where(mask, x, x.new_zeros(()))
+    if reverse:
+        x = reverse_sequences(x, lengths)
+    xg = input_projection(x, w_ih, b_ih, b_hh)
+    hs, cs = impl.recurrence(xg, w_hh, h0, c0)
+    if lengths is None:
+        h_n, c_n = hs[-1], cs[-1]
+    else:
+        last = (lengths.to(x.device) - 1).view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
+        h_n, c_n = hs.gather(0, last)[0], cs.gather(0, last)[0]
+        hs = torch.where(mask, hs, hs.new_zeros(()))
+    if reverse:
+        hs = reverse_sequences(hs, lengths)
+    return hs, h_n, c_n
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every message names the problem and the value that caused it.
+
+
+def _check_input(input: torch.Tensor, input_size: int, weight: torch.Tensor) -> None:
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"LSTM input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"LSTM: expected input to be 2D (unbatched) or 3D (batched), got {input.dim()}D with shape {tuple(input.shape)}")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"LSTM input must be a floating-point tensor, got dtype {input.dtype}")
+    if input.shape[-1] != input_size:
+        raise ValueError(f"LSTM input feature size mismatch: input.size(-1) is {input.shape[-1]}, expected input_size={input_size}")
+    if input.device != weight.device:
+        raise ValueError(f"LSTM input is on {input.device} but the weights are on {weight.device}; move one to the other")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"LSTM input dtype {input.dtype} does not match weight dtype {weight.dtype}; convert the input with .to({weight.dtype}) or the model with .to({input.dtype})")
+
+
+def _check_state(name: str, state, expected: tuple, ref: torch.Tensor) -> None:
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"LSTM {name} must be a torch.Tensor, got {type(state).__name__}")
+    if tuple(state.shape) != expected:
+        raise ValueError(f"LSTM {name} has shape {tuple(state.shape)}, expected {expected} (num_layers * num_directions, batch, hidden_size)")
+    if state.device != ref.device:
+        raise ValueError(f"LSTM {name} is on {state.device} but the input is on {ref.device}")
+    if state.dtype != ref.dtype:
+        raise TypeError(f"LSTM {name} dtype {state.dtype} does not match input dtype {ref.dtype}")
+
+
+def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"lengths must be a 1-D integer tensor or sequence of ints: {exc}") from None
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"lengths must have shape ({B},) (one per sequence in the batch), got {tuple(lengths.shape)}")
+    if B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1:
+            raise ValueError(f"lengths must be >= 1, got a length of {lo}")
+        if hi > T:
+            raise ValueError(f"lengths must be <= the sequence length {T}, got a length of {hi}")
+    return lengths.to(torch.long)
+
+
+def lstm(
+    input: torch.Tensor,
+    hx: tuple[torch.Tensor, torch.Tensor] | None,
+    weights: Sequence[LayerWeights],
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    batch_first: bool = False,
+    lengths=None,
+    backend: str = "auto",
+):
+    """Multi-layer LSTM with ``torch.nn.LSTM``'s semantics and return values.
+
+    ``input``: [T, B, I] (or [B, T, I] with ``batch_first``) or unbatched [T, I].
+    ``hx``: None or ``(h0, c0)``, each [num_layers * num_directions, B, H] ([L*D, H] unbatched).
+    ``weights``: one ``(w_ih, w_hh, b_ih, b_hh)`` per layer and direction, in nn.LSTM's order
+    (layer 0 forward, layer 0 reverse, layer 1 forward, ...); biases may be None.
+    ``lengths``: optional valid length per sequence (ints >= 1, <= T); output past it is zero.
+    Returns ``(output, (h_n, c_n))``.
+    """
+    num_directions = 2 if bidirectional else 1
+    if len(weights) != num_layers * num_directions:
+        raise ValueError(f"expected {num_layers * num_directions} weight tuples (num_layers * num_directions), got {len(weights)}")
+    w_ih0, w_hh0 = weights[0][0], weights[0][1]
+    hidden = w_hh0.shape[1]
+    _check_input(input, w_ih0.shape[1], w_ih0)
+    batched = input.dim() == 3
+    if not batched:
+        input = input.unsqueeze(1)
+        if lengths is not None:
+            raise ValueError("lengths cannot be used with unbatched (2D) input")
+    elif batch_first:
+        input = input.transpose(0, 1)
+    T, B = input.shape[0], input.shape[1]
+    if T == 0:
+        raise ValueError("LSTM: expected a sequence length > 0, got an input with 0 time steps")
+    state_shape = (num_layers * num_directions, B, hidden)
+    if hx is None:
+        h0 = c0 = input.new_zeros(state_shape)
+    else:
+        if isinstance(hx, torch.Tensor) or (isinstance(hx, (tuple, list)) and len(hx) == 1):
+            raise ValueError("LSTM hx must be a tuple (h_0, c_0): h_0 was given without c_0")
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"LSTM hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+        h0, c0 = hx
+        if not batched:
+            expected = (num_layers * num_directions, hidden)
+            for name, s in (("h_0", h0), ("c_0", c0)):
+                if isinstance(s, torch.Tensor) and s.dim() != 2:
+                    raise ValueError(f"LSTM {name} for unbatched input must be 2D {expected}, got shape {tuple(s.shape)}")
+            h0, c0 = (s.unsqueeze(1) if isinstance(s, torch.Tensor) else s for s in (h0, c0))
+        _check_state("h_0", h0, state_shape, input)
+        _check_state("c_0", c0, state_shape, input)
+    if lengths is not None:
+        lengths = _check_lengths(lengths, T, B)
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+
+    layer_input = input
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outs = []
+        for direction in range(num_directions):
+            k = layer * num_directions + direction
+            out, h, c = lstm_layer(
+                layer_input, h0[k], c0[k], weights[k],
+                lengths=lengths, reverse=direction == 1, backend=backend,
+            )
+            outs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    output = layer_input
+    h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+    if not batched:
+        return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+    if batch_first:
+        output = output.transpose(0, 1)
+    return output, (h_n, c_n)

@@ -1,0 +1,194 @@
+"""Conformance checks for any LSTM recurrence or layer, against ecgkern's reference loop.
+
+Usable on your own kernels::
+
+    from ecgkern.testing import check_recurrence, gradcheck_recurrence, check_module
+    check_recurrence(my_recurrence)          # (xg, w_hh, h0, c0) -> (hs, cs), each [T, B, H]
+    gradcheck_recurrence(my_recurrence)      # float64 torch.autograd.gradcheck
+    check_module(my_lstm_module)             # anything with nn.LSTM's attributes and parameter names
+
+The truth is the reference computed in float64 on the same (up-cast) inputs; every check
+raises ``AssertionError`` naming the tensor, the worst element, and by how much it is off.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .backends import reference
+
+# (rtol, atol) per dtype for |actual - truth| <= atol + rtol * |truth|, truth in float64.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (3e-2, 3e-2),
+    torch.float16: (1e-2, 1e-2),
+}
+# Gradients sum over every step and batch row; float32 rounding grows with that sum.
+GRAD_TOLERANCES = {**TOLERANCES, torch.float32: (1e-4, 1e-5)}
+
+# (T, B, H): odd sizes on purpose (B=1, T=1, H=1, H not a multiple of 8 or 16).
+DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (1, 1, 1), (1, 3, 4), (6, 1, 17), (5, 4, 8), (9, 3, 33), (20, 5, 64),
+)
+
+Recurrence = Callable[..., tuple]
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, context: str = "") -> None:
+    """Elementwise ``|actual - expected| <= atol + rtol * |expected|`` (NaN only where expected is NaN)."""
+    prefix = f"{context}: " if context else ""
+    if actual is None:
+        raise AssertionError(f"{prefix}{name} is None, expected a tensor of shape {tuple(expected.shape)}")
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(f"{prefix}{name} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    ok = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    if bool(ok.all()):
+        return
+    diff = (a - e).abs().nan_to_num(nan=float("inf"))
+    diff[ok] = 0
+    flat = int(diff.argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape)) if a.dim() else ()
+    raise AssertionError(
+        f"{prefix}{name} differs from the reference at {int((~ok).sum())} of {a.numel()} elements; "
+        f"worst at index {index}: got {a[index].item():.10g}, expected {e[index].item():.10g} "
+        f"(|diff| = {diff[index].item():.3e}; allowed atol={atol:g} + rtol={rtol:g} * |expected|)"
+    )
+
+
+def random_recurrence_inputs(T: int, B: int, H: int, *, dtype=torch.float32, device="cpu", seed: int = 0, scale: float = 1.0):
+    """(xg, w_hh, h0, c0) drawn like a trained layer's: weights ~ U(-1/sqrt(H), 1/sqrt(H))."""
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / H ** 0.5
+    xg = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64) * scale
+    w_hh = (torch.rand(4 * H, H, generator=g, dtype=torch.float64) * 2 - 1) * bound
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64) * 0.5
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64) * 0.5
+    return tuple(t.to(device=device, dtype=dtype) for t in (xg, w_hh, h0, c0))
+
+
+def _run_with_grads(fn: Recurrence, inputs: Sequence[torch.Tensor], dhs: torch.Tensor, dcs: torch.Tensor):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    hs, cs = fn(*leaves)
+    loss = (hs.to(dhs.dtype) * dhs).sum() + (cs.to(dcs.dtype) * dcs).sum()
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return hs, cs, grads
+
+
+def check_recurrence(
+    recurrence: Recurrence,
+    *,
+    shapes: Iterable[tuple[int, int, int]] = DEFAULT_SHAPES,
+    dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64),
+    device="cpu",
+    seed: int = 0,
+    scale: float = 1.0,
+    check_grads: bool = True,
+) -> None:
+    """Outputs (hs, cs) and gradients w.r.t. xg, w_hh, h0, c0 against the float64 reference."""
+    names = ("grad xg", "grad w_hh", "grad h0", "grad c0")
+    for dtype in dtypes:
+        rtol, atol = TOLERANCES[dtype]
+        grtol, gatol = GRAD_TOLERANCES[dtype]
+        for k, (T, B, H) in enumerate(shapes):
+            context = f"T={T} B={B} H={H} {dtype} on {device}"
+            inputs = random_recurrence_inputs(T, B, H, dtype=dtype, device=device, seed=seed + k, scale=scale)
+            truth_inputs = [t.to(torch.float64) for t in inputs]
+            g = torch.Generator().manual_seed(seed + 1000 + k)
+            dhs = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(device)
+            dcs = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(device)
+            if not check_grads:
+                with torch.no_grad():
+                    hs, cs = recurrence(*inputs)
+                    ths, tcs = reference.recurrence(*truth_inputs)
+            else:
+                hs, cs, grads = _run_with_grads(recurrence, inputs, dhs.to(dtype), dcs.to(dtype))
+                ths, tcs, tgrads = _run_with_grads(reference.recurrence, truth_inputs, dhs, dcs)
+            for name, tensor in (("hs", hs), ("cs", cs)):
+                if tensor.dtype != dtype or tensor.device != inputs[0].device:
+                    raise AssertionError(f"{context}: {name} came back as {tensor.dtype} on {tensor.device}")
+            assert_close("hs", hs, ths, rtol, atol, context)
+            assert_close("cs", cs, tcs, rtol, atol, context)
+            if check_grads:
+                for name, got, want in zip(names, grads, tgrads):
+                    assert_close(name, got, want, grtol, gatol, context)
+
+
+def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3), (4, 3, 5)), device="cpu", seed: int = 0) -> None:
+    """float64 ``torch.autograd.gradcheck`` on all four inputs at small shapes."""
+    for k, (T, B, H) in enumerate(shapes):
+        inputs = [t.requires_grad_(True) for t in random_recurrence_inputs(T, B, H, dtype=torch.float64, device=device, seed=seed + k)]
+        ok = torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False)
+        if not ok:
+            # Run again raising, so the caller sees gradcheck's own report of which entry is off.
+            torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _reference_twin(module: torch.nn.Module):
+    from .lstm import LSTM
+
+    twin = LSTM(
+        module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+        batch_first=module.batch_first, bidirectional=module.bidirectional, backend="reference",
+        dtype=torch.float64,
+    )
+    twin.load_state_dict({k: v.detach().to("cpu", torch.float64) for k, v in module.state_dict().items()})
+    return twin.to(next(module.parameters()).device)
+
+
+def check_module(
+    module: torch.nn.Module,
+    *,
+    batch: int = 3,
+    steps: int = 6,
+    lengths: Sequence[int] | None = None,
+    with_state: bool = True,
+    seed: int = 0,
+) -> None:
+    """An nn.LSTM-like module (nn.LSTM's attributes and parameter names) against the float64
+    reference: output, h_n, c_n, and gradients of input, h0, c0 and every parameter.
+
+    The module runs in its own dtype and device, in eval mode (dropout off).
+    """
+    p0 = next(module.parameters())
+    dtype, device = p0.dtype, p0.device
+    rtol, atol = TOLERANCES[dtype]
+    grtol, gatol = GRAD_TOLERANCES[dtype]
+    twin = _reference_twin(module)
+    module_was_training = module.training
+    module.eval()
+    g = torch.Generator().manual_seed(seed)
+    D = 2 if module.bidirectional else 1
+    shape = (batch, steps, module.input_size) if module.batch_first else (steps, batch, module.input_size)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    state = (torch.randn(module.num_layers * D, batch, module.hidden_size, generator=g, dtype=torch.float64) * 0.5,
+             torch.randn(module.num_layers * D, batch, module.hidden_size, generator=g, dtype=torch.float64) * 0.5)
+    kwargs = {} if lengths is None else {"lengths": torch.as_tensor(lengths)}
+    context = (f"{type(module).__name__}(input_size={module.input_size}, hidden_size={module.hidden_size}, "
+               f"num_layers={module.num_layers}, bidirectional={module.bidirectional}, batch_first={module.batch_first}, "
+               f"bias={module.bias}) {dtype} on {device}, lengths={lengths}")
+
+    def run(m, cast):
+        leaves = [t.to(device=device, dtype=cast).requires_grad_(True) for t in (x, *state)]
+        hx = (leaves[1], leaves[2]) if with_state else None
+        out, (h, c) = m(leaves[0], hx, **kwargs)
+        loss = (out.double() * out.double().detach().sin()).sum() + h.double().square().sum() + c.double().sum()
+        params = list(m.parameters())
+        wanted = leaves if with_state else leaves[:1]
+        grads = torch.autograd.grad(loss, wanted + params, allow_unused=True)
+        return out, h, c, grads, [n for n, _ in m.named_parameters()]
+
+    try:
+        out, h, c, grads, names = run(module, dtype)
+    finally:
+        module.train(module_was_training)
+    tout, th, tc, tgrads, _ = run(twin, torch.float64)
+    assert_close("output", out, tout, rtol, atol, context)
+    assert_close("h_n", h, th, rtol, atol, context)
+    assert_close("c_n", c, tc, rtol, atol, context)
+    grad_names = ["grad input"] + (["grad h0", "grad c0"] if with_state else []) + [f"grad {n}" for n in names]
+    for name, got, want in zip(grad_names, grads, tgrads):
+        assert_close(name, got, want, grtol, gatol, context)
