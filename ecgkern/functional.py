@@ -105,7 +105,30 @@ def _check_state(name: str, state, expected: tuple, ref: torch.Tensor) -> None:
         raise TypeError(f"LSTM {name} dtype {state.dtype} does not match input dtype {ref.dtype}")
 
 
-def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
+def _check_weights(weights: Sequence[LayerWeights], input_size: int, hidden: int, num_directions: int, ref: torch.Tensor) -> None:
+    """Every layer's (w_ih, w_hh, b_ih, b_hh): nn.LSTM's shapes, and the input's dtype and device."""
+    for k, layer_weights in enumerate(weights):
+        if not isinstance(layer_weights, (tuple, list)) or len(layer_weights) != 4:
+            raise ValueError(f"weights[{k}] must be a tuple (w_ih, w_hh, b_ih, b_hh), got {type(layer_weights).__name__}")
+        layer_input = input_size if k < num_directions else hidden * num_directions
+        b_ih, b_hh = layer_weights[2], layer_weights[3]
+        if (b_ih is None) != (b_hh is None):
+            raise ValueError(f"weights[{k}]: b_ih and b_hh must both be tensors or both be None")
+        expected = {"w_ih": (4 * hidden, layer_input), "w_hh": (4 * hidden, hidden), "b_ih": (4 * hidden,), "b_hh": (4 * hidden,)}
+        for (name, shape), w in zip(expected.items(), layer_weights):
+            if w is None:
+                continue
+            if not isinstance(w, torch.Tensor):
+                raise TypeError(f"weights[{k}] {name} must be a torch.Tensor, got {type(w).__name__}")
+            if tuple(w.shape) != shape:
+                raise ValueError(f"weights[{k}] {name} has shape {tuple(w.shape)}, expected {shape}")
+            if w.device != ref.device:
+                raise ValueError(f"weights[{k}] {name} is on {w.device} but the input is on {ref.device}")
+            if w.dtype != ref.dtype:
+                raise TypeError(f"weights[{k}] {name} dtype {w.dtype} does not match input dtype {ref.dtype}")
+
+
+def _check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
     if not isinstance(lengths, torch.Tensor):
         try:
             lengths = torch.as_tensor(lengths)
@@ -113,6 +136,8 @@ def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
             raise TypeError(f"lengths must be a 1-D integer tensor or sequence of ints: {exc}") from None
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.device.type != "cpu" and lengths.device != device:
+        raise ValueError(f"lengths is on {lengths.device}; it must be on the CPU or on the input's device ({device})")
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"lengths must have shape ({B},) (one per sequence in the batch), got {tuple(lengths.shape)}")
     if B > 0:
@@ -149,9 +174,13 @@ def lstm(
     num_directions = 2 if bidirectional else 1
     if len(weights) != num_layers * num_directions:
         raise ValueError(f"expected {num_layers * num_directions} weight tuples (num_layers * num_directions), got {len(weights)}")
-    w_ih0, w_hh0 = weights[0][0], weights[0][1]
+    first = weights[0]
+    if not (isinstance(first, (tuple, list)) and len(first) == 4 and all(isinstance(w, torch.Tensor) and w.dim() == 2 for w in first[:2])):
+        raise ValueError("weights[0] must be a tuple (w_ih [4H, I], w_hh [4H, H], b_ih, b_hh) with 2-D weight tensors")
+    w_ih0, w_hh0 = first[0], first[1]
     hidden = w_hh0.shape[1]
     _check_input(input, w_ih0.shape[1], w_ih0)
+    _check_weights(weights, w_ih0.shape[1], hidden, num_directions, input)
     batched = input.dim() == 3
     if not batched:
         input = input.unsqueeze(1)
@@ -180,7 +209,7 @@ def lstm(
         _check_state("h_0", h0, state_shape, input)
         _check_state("c_0", c0, state_shape, input)
     if lengths is not None:
-        lengths = _check_lengths(lengths, T, B)
+        lengths = _check_lengths(lengths, T, B, input.device)
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}")
 

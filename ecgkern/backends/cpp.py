@@ -1,16 +1,58 @@
-"""Placeholder until this backend lands: reports itself unavailable."""
+"""The ``cpp`` backend: hand-written C++ forward and backward of the recurrence on CPU.
+
+The kernels (``csrc/lstm_cpu.cpp``) implement the ``ecgkern::lstm_recurrence`` ops defined in
+``_ops``; the extension is JIT-built on first use (about a minute, then cached, see
+``ecgkern._build``), never at import of ecgkern.
+"""
+from __future__ import annotations
+
+import threading
+
 import torch
 
+from .. import _build
+from . import _ops
+
 NAME = "cpp"
+SOURCES = ("lstm_cpu.cpp",)
+
+_lock = threading.Lock()
+_state: dict = {}  # "reason": None once loaded, else the build error sentence (tried once)
 
 
-def unavailable_reason(device_type=None):
-    return "not implemented yet"
+# torch.compile runs this once while tracing and keeps the answer (it cannot trace the lock).
+@torch.compiler.assume_constant_result
+def _load() -> str | None:
+    """Build/load the extension once per process; the reason it cannot run, or None."""
+    if "reason" not in _state:
+        with _lock:
+            if "reason" not in _state:
+                try:
+                    _build.load_extension("ecgkern_cpu", [_build.csrc_dir() / s for s in SOURCES])
+                    _state["reason"] = None
+                except _build.ExtensionBuildError as exc:
+                    _state["reason"] = str(exc)
+    return _state["reason"]
 
 
-def supports(device_type, dtype):
-    return "not implemented yet"
+def unavailable_reason(device_type: str | None = None) -> str | None:
+    if device_type not in (None, "cpu"):
+        return f"the cpp backend runs on CPU only, not on {device_type}"
+    return _load()
 
 
-def recurrence(xg, w_hh, h0, c0):
-    raise NotImplementedError
+def supports(device_type: str, dtype: torch.dtype) -> str | None:
+    if device_type != "cpu":
+        return f"the cpp backend runs on CPU only, not on {device_type}"
+    if dtype not in (torch.float32, torch.float64):
+        return f"the cpp backend supports float32 and float64, not {dtype}"
+    return None
+
+
+def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    reason = _load()
+    if reason is not None:
+        from . import BackendUnavailableError
+
+        raise BackendUnavailableError(f"LSTM backend 'cpp' cannot run: {reason}")
+    return _ops.recurrence(xg, w_hh, h0, c0)

@@ -1,16 +1,248 @@
-"""Placeholder until this backend lands: reports itself unavailable."""
+"""``triton``: Triton kernels for the fused LSTM gate step, forward and backward.
+
+Per time step, torch does the recurrent GEMM into a preallocated buffer
+(``addmm(xg[t], h, W_hh^T)`` forward, ``dgates @ W_hh`` backward) and one Triton kernel does
+everything pointwise: activations, c, h and the saved activated gates forward; the gate
+gradients and dc_{t-1} backward. dW_hh is ONE GEMM after the reverse loop. For hidden sizes up
+to ``PERSISTENT_MAX_HIDDEN`` on a GPU, a persistent kernel instead runs the whole time loop in
+one launch with W_hh on-chip (FlashRNN style), forward and backward.
+
+Both directions are ``torch.library`` custom ops (``ecgkern::triton_recurrence`` and its
+backward) with fake kernels and ``register_autograd``, so autograd works and
+``torch.compile`` treats them as single opaque ops.
+
+CPU: the kernels run through Triton's interpreter on CPU tensors -- slow, for tests only
+(``auto`` never picks this backend on CPU). The interpreter must be chosen before any
+``@triton.jit`` function is defined, so when no CUDA device is present this module sets
+``TRITON_INTERPRET=1`` before importing its kernels, unless the variable is already set
+(an explicit user setting always wins). It is process-wide: other Triton code imported later
+in the same process on a CUDA-less machine is interpreted too. With TRITON_INTERPRET=1 set by
+the user on a CUDA machine, the kernels run interpreted on CPU tensors only.
+"""
+from __future__ import annotations
+
+import os
+
 import torch
 
 NAME = "triton"
 
+# Largest hidden size the persistent kernels take (W_hh, 4*H*H values, must stay on-chip).
+PERSISTENT_MAX_HIDDEN = 64
 
-def unavailable_reason(device_type=None):
-    return "not implemented yet"
+_HAS_CUDA = torch.cuda.is_available()
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+try:
+    from . import _triton_kernels as _k
+    _IMPORT_ERROR = None
+except ImportError as exc:  # triton missing or broken: the backend reports it, the rest works
+    _k = None
+    _IMPORT_ERROR = exc
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+CPU_NOTE = "runs on CPU only through Triton's interpreter (slow; for testing)"
 
 
-def supports(device_type, dtype):
-    return "not implemented yet"
+def unavailable_reason(device_type: str | None = None) -> str | None:
+    if _k is None:
+        return f"Triton cannot be imported ({_IMPORT_ERROR}); install it with `pip install triton` (Linux)"
+    if device_type == "cuda":
+        if not _HAS_CUDA:
+            return "no CUDA device is available"
+        if INTERPRETED:
+            return "TRITON_INTERPRET=1 is set, so the kernels run only on CPU tensors"
+    if device_type is None and not _HAS_CUDA and not INTERPRETED:
+        return "no CUDA device is available and TRITON_INTERPRET is not 1"
+    return None
 
 
-def recurrence(xg, w_hh, h0, c0):
-    raise NotImplementedError
+def supports(device_type: str, dtype: torch.dtype) -> str | None:
+    if device_type == "cpu":
+        if not INTERPRETED:
+            return "CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before ecgkern is imported)"
+        if dtype in (torch.float16, torch.bfloat16):
+            return f"{dtype} is supported on CUDA only"
+        if dtype not in _FLOAT_DTYPES:
+            return f"{dtype} is not supported (float32 and float64 are on CPU)"
+        return None
+    if device_type != "cuda":
+        return f"device type {device_type!r} is not supported (cuda, and cpu through the interpreter)"
+    if dtype not in _FLOAT_DTYPES:
+        return f"{dtype} is not supported (float32, float64, float16 and bfloat16 are)"
+    return None
+
+
+def describe(device_type: str | None = None) -> str:
+    """One line for ``ecgkern info``: where and how this backend runs."""
+    if unavailable_reason(device_type) is not None:
+        return f"unavailable ({unavailable_reason(device_type)})"
+    return CPU_NOTE if INTERPRETED else "Triton kernels on CUDA"
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch helpers.
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    """Arithmetic dtype of the kernels: float64 for float64 tensors, else float32."""
+    return {"ACC": _k.tl.float64 if dtype == torch.float64 else _k.tl.float32}
+
+
+def _step_grid(n: int):
+    block = min(1024, _next_pow2(n))
+    return (_cdiv(n, block),), block
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def use_persistent(device_type: str, dtype: torch.dtype, hidden: int) -> bool:
+    """Whether the one-launch persistent kernels run: for H <= PERSISTENT_MAX_HIDDEN, on a GPU
+    except for float64 (Triton's fp64 tl.dot is not on every GPU), and under the interpreter
+    (where one launch instead of 2T is also much faster). ECGKERN_TRITON_PERSISTENT=0/1
+    overrides the choice."""
+    override = os.environ.get("ECGKERN_TRITON_PERSISTENT")
+    if override is not None:
+        return override == "1"
+    if hidden > PERSISTENT_MAX_HIDDEN:
+        return False
+    return INTERPRETED or (device_type == "cuda" and dtype != torch.float64)
+
+
+def _persistent_meta(B: int, H: int, dtype: torch.dtype) -> dict:
+    bh = max(16, _next_pow2(H))
+    bb = 16 if B <= 16 or bh > 32 else 32
+    meta = dict(BB=bb, BH=bh, LOWP=dtype in (torch.float16, torch.bfloat16), **_flags(dtype))
+    if not INTERPRETED:
+        meta["num_warps"] = 4 if bh <= 32 else 8
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward and backward loops.
+
+
+def _forward(xg, w_hh, h0, c0, persistent: bool):
+    T, B, G = xg.shape
+    H = G // 4
+    hs = xg.new_empty(T, B, H)
+    cs = xg.new_empty(T, B, H)
+    acts = xg.new_empty(T, B, G)
+    if persistent:
+        meta = _persistent_meta(B, H, xg.dtype)
+        _k.persistent_forward[(_cdiv(B, meta["BB"]),)](xg, w_hh, h0, c0, hs, cs, acts, T, B, H, **meta)
+        return hs, cs, acts
+    grid, block = _step_grid(B * H)
+    gates = xg.new_empty(B, G)
+    w_t = w_hh.t()
+    h, c = h0, c0
+    for t in range(T):
+        torch.addmm(xg[t], h, w_t, out=gates)
+        _k.step_forward[grid](gates, c, hs[t], cs[t], acts[t], B * H, H, BLOCK=block, **_flags(xg.dtype))
+        h, c = hs[t], cs[t]
+    return hs, cs, acts
+
+
+def _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts, persistent: bool):
+    T, B, H = hs.shape
+    G = 4 * H
+    dxg = torch.empty_like(acts)
+    if persistent:
+        dh0, dc0 = torch.empty_like(h0), torch.empty_like(c0)
+        meta = _persistent_meta(B, H, hs.dtype)
+        _k.persistent_backward[(_cdiv(B, meta["BB"]),)](dhs, dcs, w_hh, c0, cs, acts, dxg, dh0, dc0, T, B, H, **meta)
+    else:
+        grid, block = _step_grid(B * H)
+        # Carried gradients: dc in float32 at least (it sums over all later steps).
+        dh0 = torch.zeros_like(h0)  # dL/dh_t from step t+1, via the GEMM; ends as dL/dh0
+        dc0 = torch.zeros_like(c0, dtype=torch.promote_types(c0.dtype, torch.float32))
+        for t in range(T - 1, -1, -1):
+            c_prev = cs[t - 1] if t > 0 else c0
+            _k.step_backward[grid](dhs[t], dh0, dcs[t], dc0, acts[t], cs[t], c_prev, dxg[t], B * H, H,
+                                   BLOCK=block, **_flags(hs.dtype))
+            torch.mm(dxg[t], w_hh, out=dh0)
+        dc0 = dc0.to(c0.dtype)
+    h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]))
+    dw_hh = dxg.reshape(T * B, G).t() @ h_prev.reshape(T * B, H)  # one GEMM over all steps
+    return dxg, dw_hh, dh0, dc0
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops: opaque to torch.compile, differentiable through register_autograd.
+
+
+@torch.library.custom_op("ecgkern::triton_recurrence", mutates_args=(), device_types=("cpu", "cuda"))
+def _recurrence_op(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                   persistent: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(xg, w_hh, h0, c0, persistent)
+
+
+@_recurrence_op.register_fake
+def _(xg, w_hh, h0, c0, persistent):
+    T, B, G = xg.shape
+    return xg.new_empty(T, B, G // 4), xg.new_empty(T, B, G // 4), xg.new_empty(T, B, G)
+
+
+@torch.library.custom_op("ecgkern::triton_recurrence_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _recurrence_backward_op(dhs: torch.Tensor, dcs: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor,
+                            c0: torch.Tensor, hs: torch.Tensor, cs: torch.Tensor, acts: torch.Tensor,
+                            persistent: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts, persistent)
+
+
+@_recurrence_backward_op.register_fake
+def _(dhs, dcs, w_hh, h0, c0, hs, cs, acts, persistent):
+    return torch.empty_like(acts), torch.empty_like(w_hh), torch.empty_like(h0), torch.empty_like(c0)
+
+
+def _setup_context(ctx, inputs, output):
+    _, w_hh, h0, c0, persistent = inputs
+    hs, cs, acts = output
+    ctx.persistent = persistent
+    ctx.save_for_backward(w_hh, h0, c0, hs, cs, acts)
+
+
+def _backward_formula(ctx, dhs, dcs, _dacts):
+    w_hh, h0, c0, hs, cs, acts = ctx.saved_tensors
+    dxg, dw_hh, dh0, dc0 = _recurrence_backward_op(dhs.contiguous(), dcs.contiguous(), w_hh, h0, c0, hs, cs, acts,
+                                                   ctx.persistent)
+    return dxg, dw_hh, dh0, dc0, None
+
+
+_recurrence_op.register_autograd(_backward_formula, setup_context=_setup_context)
+
+
+def _check(xg, w_hh, h0, c0) -> None:
+    for name, t in {"w_hh": w_hh, "h0": h0, "c0": c0}.items():
+        if t.dtype != xg.dtype or t.device != xg.device:
+            raise ValueError(f"triton backend: {name} is {t.dtype} on {t.device}, expected {xg.dtype} on {xg.device} like xg")
+    reason = unavailable_reason(xg.device.type) or supports(xg.device.type, xg.dtype)
+    if reason is not None:
+        raise TypeError(f"triton backend cannot run {xg.dtype} on {xg.device.type}: {reason}")
+    if xg.dim() != 3 or w_hh.dim() != 2:
+        raise ValueError(f"triton backend: xg must be [T, B, 4H] and w_hh [4H, H], got {tuple(xg.shape)} and {tuple(w_hh.shape)}")
+    T, B, G = xg.shape
+    H = w_hh.shape[1]
+    if G != 4 * H or tuple(w_hh.shape) != (G, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):
+        raise ValueError(
+            f"triton backend: inconsistent shapes xg {tuple(xg.shape)}, w_hh {tuple(w_hh.shape)}, "
+            f"h0 {tuple(h0.shape)}, c0 {tuple(c0.shape)}; expected [T,B,4H], [4H,H], [B,H], [B,H]"
+        )
+
+
+def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, *, persistent: bool | None = None):
+    """The backend interface; ``persistent`` forces (True) or forbids (False) the one-launch
+    kernels, None lets ``use_persistent`` decide."""
+    _check(xg, w_hh, h0, c0)
+    if persistent is None:
+        persistent = use_persistent(xg.device.type, xg.dtype, w_hh.shape[1])
+    hs, cs, _ = _recurrence_op(xg.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(), bool(persistent))
+    return hs, cs

@@ -1,0 +1,1 @@
+"""ecgkern's benchmarks: ``python -m benchmarks`` (= ``ecgkern bench``) and the pytest-benchmark suite."""

@@ -1,0 +1,419 @@
+// CPU kernels for ecgkern::lstm_recurrence and ecgkern::lstm_recurrence_backward.
+//
+// The schemas, fake kernels and autograd live in ecgkern/backends/_ops.py; this file only
+// registers the CPU implementations. Layout: xg/gates [T,B,4H], hs/cs [T,B,H], w_hh [4H,H],
+// gate order i, f, g, o (torch.nn.LSTM's).
+//
+// Speed notes (see the cpp backend's README section):
+// - batch rows are independent for all T steps, so the batch is split across threads ONCE
+//   (one at::parallel_for around the whole time loop, no barrier per step);
+// - the per-step recurrent GEMMs are register-tiled at::vec kernels over w_hh packed once per
+//   call (a BLAS call per step costs more than the math at these sizes); the forward tile
+//   holds all four gates of a chunk of hidden units, so the cell update runs straight from
+//   the accumulators;
+// - at::vec is built with the CPU's capability flags (see ecgkern/_build.py), so exp/expm1
+//   are the vectorised Sleef functions that libtorch exports;
+// - nothing is allocated inside the time loop; dW_hh is one GEMM (at::mm) after the loop.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+inline Vectorized<T> sigmoid(Vectorized<T> x) {
+  const Vectorized<T> one(T(1));
+  return one / (one + x.neg().exp());
+}
+
+// tanh(x) = e / (e + 2) with e = expm1(2x): within 1.5 ulp (relative, also near 0; checked
+// against float64) and cheaper than Sleef's tanh. |x| is clamped where tanh already
+// rounds to +-1, so expm1 cannot overflow; NaN passes through.
+template <typename T>
+inline Vectorized<T> tanh(Vectorized<T> x) {
+  const Vectorized<T> limit(sizeof(T) == 4 ? T(9) : T(19.5));
+  const Vectorized<T> xc = at::vec::clamp(x, limit.neg(), limit);
+  const Vectorized<T> e = (xc + xc).expm1();
+  return e / (e + Vectorized<T>(T(2)));
+}
+
+// Apply f(j, n) over [0, H) in full vectors, then one partial vector of n < size() lanes.
+// f loads and stores with count n, so the tail needs no scalar copy of the math.
+template <typename T, typename F>
+inline void for_each_vector(int64_t H, F f) {
+  constexpr int64_t V = Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + V <= H; j += V) f(j, V);
+  if (j < H) f(j, H - j);
+}
+
+template <typename T>
+inline Vectorized<T> load(const T* p, int64_t n) {
+  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
+}
+
+template <typename T>
+inline void store(const Vectorized<T>& v, T* p, int64_t n) {
+  if (n == Vectorized<T>::size()) v.store(p); else v.store(p, n);
+}
+
+// One row of the backward cell. dh_carry/dc_carry hold the gradient flowing back from step
+// t+1 into h_t/c_t; dc_carry is replaced by the gradient into c_{t-1}. Writes the
+// pre-activation gate gradients (= dxg[t]) into dgates.
+template <typename T>
+inline void cell_backward(const T* gates, const T* c, const T* c_prev, const T* dh_out,
+                          const T* dc_out, const T* dh_carry, T* dc_carry, T* dgates, int64_t H) {
+  using Vec = Vectorized<T>;
+  const Vec one(T(1));
+  for_each_vector<T>(H, [&](int64_t j, int64_t n) {
+    Vec i = load(gates + j, n), f = load(gates + H + j, n);
+    Vec g = load(gates + 2 * H + j, n), o = load(gates + 3 * H + j, n);
+    Vec tc = tanh(load(c + j, n));
+    Vec dh = load(dh_out + j, n) + load(dh_carry + j, n);
+    Vec dc = load(dc_out + j, n) + load(dc_carry + j, n) + dh * o * (one - tc * tc);
+    store(dc * g * i * (one - i), dgates + j, n);
+    store(dc * load(c_prev + j, n) * f * (one - f), dgates + H + j, n);
+    store(dc * i * (one - g * g), dgates + 2 * H + j, n);
+    store(dh * tc * o * (one - o), dgates + 3 * H + j, n);
+    store(dc * f, dc_carry + j, n);
+  });
+}
+
+// Rows per GEMM block: the block's gates (rows x 4H) should stay in L1/L2 for the cell update.
+template <typename T>
+inline int64_t row_block(int64_t H) {
+  return std::max<int64_t>(1, (32 * 1024) / (4 * H * static_cast<int64_t>(sizeof(T))));
+}
+
+// Split [0, B) across threads once; at most one chunk per thread, none smaller than min_rows.
+template <typename F>
+inline void parallel_over_batch(int64_t B, int64_t H, F f) {
+  // Tiny problems are not worth waking a second thread for.
+  const int64_t min_rows = H >= 32 ? 1 : 8;
+  const int64_t per_thread = (B + at::get_num_threads() - 1) / at::get_num_threads();
+  at::parallel_for(0, B, std::max(min_rows, per_thread), f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-tiled recurrent GEMMs with w_hh packed once per call (before the time loop).
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+// Rows per register tile: 4 accumulators per row, plus 4 registers of w_hh and a broadcast.
+constexpr int kMR = (kVecRegs - 6) / 4;  // 6 with AVX-512, 2 with AVX2
+
+// Calls f(std::integral_constant<int, m>) with m = min(n, M): compile-time tile sizes for
+// the remainder rows/columns.
+template <int M, typename F>
+inline void with_tile(int64_t n, F&& f) {
+  if constexpr (M > 1) {
+    if (n < M) {
+      with_tile<M - 1>(n, f);
+      return;
+    }
+  }
+  f(std::integral_constant<int, M>{});
+}
+
+template <typename T>
+constexpr int64_t kV = Vectorized<T>::size();
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Forward pack: for each chunk of V hidden units, for each k, the four gates' V weights:
+// wf[((chunk * H + k) * 4 + q) * V + l] = w_hh[q * H + chunk * V + l][k] (0 past H).
+template <typename T>
+at::Tensor pack_forward(const T* w, int64_t H) {
+  constexpr int64_t V = kV<T>;
+  const int64_t chunks = round_up(H, V) / V;
+  at::Tensor packed = at::zeros({chunks * H * 4 * V}, c10::CppTypeToScalarType<T>::value);
+  T* p = packed.data_ptr<T>();
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t q = 0; q < 4; ++q)
+        for (int64_t l = 0; l < V && c * V + l < H; ++l)
+          p[((c * H + k) * 4 + q) * V + l] = w[(q * H + c * V + l) * H + k];
+  return packed;
+}
+
+// Backward pack: w_hh [4H, H] with rows padded to Hp = round_up(H, V) (zeros past H).
+template <typename T>
+at::Tensor pack_backward(const T* w, int64_t H) {
+  const int64_t Hp = round_up(H, kV<T>);
+  at::Tensor packed = at::zeros({4 * H, Hp}, c10::CppTypeToScalarType<T>::value);
+  T* p = packed.data_ptr<T>();
+  for (int64_t n = 0; n < 4 * H; ++n) std::copy(w + n * H, w + n * H + H, p + n * Hp);
+  return packed;
+}
+
+// out[r*ldo + v*V + l] (+)= sum_k a[r*a_r + k*a_k] * b[k*ldb + v*V + l] for an MR x NV-vector
+// tile, accumulators in registers. Callers that post-process the tile pass a small stack
+// buffer as `out`: with the accumulators themselves live across the epilogue's out-of-line
+// Sleef calls, GCC keeps them in memory inside the k loop (about 3x slower).
+template <typename T, int MR, int NV, bool kAccumulate = false>
+inline void gemm_tile(const T* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K,
+                      T* out, int64_t ldo) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = kV<T>;
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = kAccumulate ? Vec::loadu(out + r * ldo + v * V) : Vec(T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    Vec w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(b + k * ldb + v * V);
+    for (int r = 0; r < MR; ++r) {
+      const Vec x(a[r * a_r + k * a_k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v].store(out + r * ldo + v * V);
+}
+
+// MR rows x one chunk of V hidden units: the four gates' pre-activations (h_prev @ w_hh^T)
+// from one register tile, then the whole cell update. Row r of h_prev/c_prev/c/h is at r*H,
+// of xg/gates at r*4H; j is the chunk's first unit, n its width (<= V).
+template <typename T, int MR>
+inline void forward_tile(const T* h_prev, const T* wf, const T* xg, const T* c_prev, T* gates,
+                         T* c, T* h, int64_t H, int64_t j, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = kV<T>;
+  alignas(64) T pre[MR * 4 * V];
+  gemm_tile<T, MR, 4>(h_prev, H, 1, wf, 4 * V, H, pre, 4 * V);
+  const int64_t G = 4 * H;
+  for (int r = 0; r < MR; ++r) {
+    const T* x = xg + r * G + j;
+    const T* p = pre + r * 4 * V;
+    T* g = gates + r * G + j;
+    const Vec i = sigmoid(Vec::loadu(p) + load(x, n));
+    const Vec f = sigmoid(Vec::loadu(p + V) + load(x + H, n));
+    const Vec gg = tanh(Vec::loadu(p + 2 * V) + load(x + 2 * H, n));
+    const Vec o = sigmoid(Vec::loadu(p + 3 * V) + load(x + 3 * H, n));
+    const Vec cn = f * load(c_prev + r * H + j, n) + i * gg;
+    store(i, g, n);
+    store(f, g + H, n);
+    store(gg, g + 2 * H, n);
+    store(o, g + 3 * H, n);
+    store(cn, c + r * H + j, n);
+    store(o * tanh(cn), h + r * H + j, n);
+  }
+}
+
+// MR rows x NV vectors of dh = dgates @ w_hh, columns [k0, k0 + NV*V) (stores stop at H).
+// dgates rows are 4H apart, dh rows H apart; wb is pack_backward's [4H, Hp].
+template <typename T, int MR, int NV>
+inline void backward_tile(const T* dg, const T* wb, T* dh, int64_t H, int64_t Hp, int64_t k0) {
+  constexpr int64_t V = kV<T>;
+  alignas(64) T out[MR * NV * V];
+  gemm_tile<T, MR, NV>(dg, 4 * H, 1, wb + k0, Hp, 4 * H, out, NV * V);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t k = k0 + v * V;
+      if (k < H) store(Vectorized<T>::loadu(out + (r * NV + v) * V), dh + r * H + k, std::min(V, H - k));
+    }
+}
+
+template <typename T>
+void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T* cs, T* gates,
+                    int64_t Tn, int64_t B, int64_t H) {
+  constexpr int64_t V = kV<T>;
+  const int64_t G = 4 * H;
+  const at::Tensor packed = pack_forward(w, H);
+  const T* wf = packed.data_ptr<T>();
+  parallel_over_batch(B, H, [&](int64_t b0, int64_t b1) {
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
+      const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+      // Chunk-outer: the chunk's packed weights (H*4*V values) stay in L1 across row tiles.
+      for (int64_t j = 0; j < H; j += V) {
+        const T* wc = wf + (j / V) * H * 4 * V;
+        for (int64_t r0 = b0; r0 < b1; r0 += kMR) {
+          const int64_t s = t * B + r0;
+          with_tile<kMR>(b1 - r0, [&](auto mr) {
+            forward_tile<T, decltype(mr)::value>(h_prev + r0 * H, wc, xg + s * G, c_prev + r0 * H,
+                                                 gates + s * G, cs + s * H, hs + s * H, H, j,
+                                                 std::min(V, H - j));
+          });
+        }
+      }
+    }
+  });
+}
+
+// dh0/dc0 double as the carries (gradient into h_{t-1}/c_{t-1}); they start at zero.
+template <typename T>
+void backward_kernel(const T* dhs, const T* dcs, const T* w, const T* c0, const T* cs,
+                           const T* gates, T* dxg, T* dh0, T* dc0, int64_t Tn, int64_t B, int64_t H) {
+  constexpr int64_t V = kV<T>;
+  const int64_t G = 4 * H, RB = row_block<T>(H), Hp = round_up(H, V);
+  const at::Tensor packed = pack_backward(w, H);
+  const T* wb = packed.data_ptr<T>();
+  parallel_over_batch(B, H, [&](int64_t b0, int64_t b1) {
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+      for (int64_t rb = b0; rb < b1; rb += RB) {
+        const int64_t re = std::min(rb + RB, b1);
+        for (int64_t r = rb; r < re; ++r) {
+          const int64_t s = t * B + r;
+          cell_backward(gates + s * G, cs + s * H, c_prev + r * H, dhs + s * H, dcs + s * H,
+                        dh0 + r * H, dc0 + r * H, dxg + s * G, H);
+        }
+        for (int64_t k0 = 0; k0 < Hp; k0 += 4 * V) {
+          with_tile<4>((Hp - k0) / V, [&](auto nv) {
+            for (int64_t r0 = rb; r0 < re; r0 += kMR) {
+              with_tile<kMR>(re - r0, [&](auto mr) {
+                backward_tile<T, decltype(mr)::value, decltype(nv)::value>(
+                    dxg + (t * B + r0) * G, wb, dh0 + r0 * H, H, Hp, k0);
+              });
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+// dw [4H, H] = sum_j dg[j]^T hp[j] over J rows (dg rows 4H apart, hp rows H apart): the
+// one GEMM for dW_hh after the reverse loop. Needs H % V == 0 (full-vector rows of hp).
+// Threads split the rows of dw; j is blocked so the current block of dg and hp stays in L2.
+template <typename T>
+void weight_grad(const T* dg, const T* hp, T* dw, int64_t J, int64_t H) {
+  constexpr int64_t V = kV<T>, JB = 256;
+  const int64_t G = 4 * H;
+  std::fill(dw, dw + G * H, T(0));
+  at::parallel_for(0, G, kMR, [&](int64_t n_begin, int64_t n_end) {
+    for (int64_t j0 = 0; j0 < J; j0 += JB) {
+      const int64_t jn = std::min(JB, J - j0);
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += kMR) {
+        for (int64_t k0 = 0; k0 < H; k0 += 4 * V) {
+          with_tile<4>((H - k0) / V, [&](auto nv) {
+            with_tile<kMR>(n_end - n0, [&](auto mr) {
+              gemm_tile<T, decltype(mr)::value, decltype(nv)::value, true>(
+                  dg + j0 * G + n0, 1, G, hp + j0 * H + k0, H, jn, dw + n0 * H + k0, H);
+            });
+          });
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input checks: the kernels trust nothing that Python passed.
+
+void check_tensor(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef sizes,
+                  const char* dims, const at::Tensor& like) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+              " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but w_hh has dtype ", like.scalar_type(), "; all inputs must share one dtype");
+  TORCH_CHECK(t.dim() == static_cast<int64_t>(sizes.size()), op, ": ", name, " must be ",
+              sizes.size(), "-D ", dims, ", got ", t.dim(), "-D with shape ", t.sizes());
+  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " has shape ", t.sizes(), ", expected ", dims,
+              " = ", sizes);
+}
+
+// Returns (H, T, B) after checking w_hh [4H, H] and the [T, B, *] tensor that sets T and B.
+std::tuple<int64_t, int64_t, int64_t> check_sizes(const char* op, const at::Tensor& w_hh,
+                                                  const char* seq_name, const at::Tensor& seq) {
+  TORCH_CHECK(w_hh.defined() && w_hh.dim() == 2, op, ": w_hh must be 2-D [4H, H], got ",
+              w_hh.defined() ? w_hh.dim() : 0, "-D");
+  const int64_t H = w_hh.size(1);
+  TORCH_CHECK(w_hh.size(0) == 4 * H, op, ": w_hh has shape ", w_hh.sizes(),
+              ", expected [4H, H] with 4H = 4 * ", H, " = ", 4 * H, " rows");
+  TORCH_CHECK(seq.defined() && seq.dim() == 3, op, ": ", seq_name, " must be 3-D [T, B, *], got ",
+              seq.defined() ? seq.dim() : 0, "-D");
+  const int64_t Tn = seq.size(0), B = seq.size(1);
+  // BLAS takes int dimensions.
+  TORCH_CHECK(4 * H <= INT_MAX && B <= INT_MAX, op, ": hidden size ", H, " or batch ", B,
+              " is too large for BLAS int dimensions");
+  return {H, Tn, B};
+}
+
+const char* kFwd = "ecgkern::lstm_recurrence";
+const char* kBwd = "ecgkern::lstm_recurrence_backward";
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_cpu(
+    const at::Tensor& xg_in, const at::Tensor& w_hh_in, const at::Tensor& h0_in,
+    const at::Tensor& c0_in) {
+  auto [H, Tn, B] = check_sizes(kFwd, w_hh_in, "xg", xg_in);
+  check_tensor(kFwd, "w_hh", w_hh_in, {4 * H, H}, "[4H, H]", w_hh_in);
+  check_tensor(kFwd, "xg", xg_in, {Tn, B, 4 * H}, "[T, B, 4H]", w_hh_in);
+  check_tensor(kFwd, "h0", h0_in, {B, H}, "[B, H]", w_hh_in);
+  check_tensor(kFwd, "c0", c0_in, {B, H}, "[B, H]", w_hh_in);
+  // Strided inputs (transposed, sliced, expanded) are copied once to dense row-major.
+  const auto xg = xg_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const auto h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  auto hs = at::empty({Tn, B, H}, xg.options());
+  auto cs = at::empty({Tn, B, H}, xg.options());
+  auto gates = at::empty({Tn, B, 4 * H}, xg.options());
+  if (hs.numel() == 0) return {hs, cs, gates};
+  AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_recurrence_cpu", [&] {
+    forward_kernel<scalar_t>(xg.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                             h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
+                             cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), Tn, B, H);
+  });
+  return {hs, cs, gates};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backward_cpu(
+    const at::Tensor& dhs_in, const at::Tensor& dcs_in, const at::Tensor& w_hh_in,
+    const at::Tensor& h0_in, const at::Tensor& c0_in, const at::Tensor& hs_in,
+    const at::Tensor& cs_in, const at::Tensor& gates_in) {
+  auto [H, Tn, B] = check_sizes(kBwd, w_hh_in, "gates", gates_in);
+  check_tensor(kBwd, "w_hh", w_hh_in, {4 * H, H}, "[4H, H]", w_hh_in);
+  check_tensor(kBwd, "gates", gates_in, {Tn, B, 4 * H}, "[T, B, 4H]", w_hh_in);
+  check_tensor(kBwd, "dhs", dhs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(kBwd, "dcs", dcs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(kBwd, "hs", hs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(kBwd, "cs", cs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(kBwd, "h0", h0_in, {B, H}, "[B, H]", w_hh_in);
+  check_tensor(kBwd, "c0", c0_in, {B, H}, "[B, H]", w_hh_in);
+  const auto dhs = dhs_in.contiguous(), dcs = dcs_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const auto h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), hs = hs_in.contiguous();
+  const auto cs = cs_in.contiguous(), gates = gates_in.contiguous();
+  auto dxg = at::empty({Tn, B, 4 * H}, w_hh.options());
+  auto dh0 = at::zeros({B, H}, w_hh.options());
+  auto dc0 = at::zeros({B, H}, w_hh.options());
+  if (dxg.numel() == 0) return {dxg, at::zeros_like(w_hh), dh0, dc0};
+  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_recurrence_backward_cpu", [&] {
+    backward_kernel<scalar_t>(dhs.data_ptr<scalar_t>(), dcs.data_ptr<scalar_t>(),
+                              w_hh.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
+                              cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+                              dxg.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
+                              dc0.data_ptr<scalar_t>(), Tn, B, H);
+  });
+  // dW_hh = sum_t dgates[t]^T h_{t-1}: one GEMM over steps 1..T-1, plus the h0 term.
+  auto dw = at::empty_like(w_hh);
+  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_recurrence_weight_grad_cpu", [&] {
+    if (H % kV<scalar_t> == 0) {
+      weight_grad<scalar_t>(dxg.data_ptr<scalar_t>() + B * 4 * H, hs.data_ptr<scalar_t>(),
+                            dw.data_ptr<scalar_t>(), (Tn - 1) * B, H);
+    } else {
+      at::mm_out(dw, dxg.narrow(0, 1, Tn - 1).reshape({-1, 4 * H}).t(),
+                 hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
+    }
+  });
+  dw.addmm_(dxg[0].t(), h0);
+  return {dxg, dw, dh0, dc0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ecgkern, CPU, m) {
+  m.impl("lstm_recurrence", &lstm_recurrence_cpu);
+  m.impl("lstm_recurrence_backward", &lstm_recurrence_backward_cpu);
+}

@@ -1,0 +1,199 @@
+"""JIT build of the C++/CUDA sources in ``csrc/``: cache folder, flags, clear errors.
+
+``load_extension`` compiles with ``torch.utils.cpp_extension`` and ninja, once per hash of
+(sources, headers beside them, flags, compiler, torch and Python versions), into a per-user
+cache: ``$ECGKERN_CACHE_DIR``, else ``$XDG_CACHE_HOME/ecgkern``, else ``~/.cache/ecgkern``.
+
+Concurrency: one process builds a given hash at a time (an ``flock`` on a lock file beside the
+build, released by the OS even if the builder dies); the build happens in a private temporary
+folder that is renamed into place only when complete, so no process ever loads a half-written
+library. The compiler is ``$CXX`` (default ``c++``), as for torch itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the atomic rename alone still keeps the cache sound
+    fcntl = None
+
+# Seconds each extension took to build in this process (absent when it came from the cache).
+BUILD_SECONDS: dict[str, float] = {}
+
+_HEADER_SUFFIXES = (".h", ".hpp", ".cuh")
+
+
+class ExtensionBuildError(RuntimeError):
+    """The extension could not be built or loaded; the message is one sentence saying why."""
+
+
+def csrc_dir() -> Path:
+    """The folder holding the C++/CUDA sources (the repo's top-level ``csrc/``)."""
+    package = Path(__file__).resolve().parent
+    bundled = package / "csrc"  # a wheel that ships the sources inside the package
+    return bundled if bundled.is_dir() else package.parent / "csrc"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ECGKERN_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = os.path.join(xdg, "ecgkern") if xdg else os.path.join(Path.home(), ".cache", "ecgkern")
+    return Path(root).expanduser() / "extensions"
+
+
+def cpu_capability_flags() -> list[str]:
+    """Vector ISA flags for the CPU this process runs on, as torch itself detected it.
+
+    ATen's ``at::vec`` only vectorises (and calls the Sleef exp/tanh that libtorch exports)
+    when ``CPU_CAPABILITY_AVX2``/``AVX512`` is defined together with the matching ``-m`` flags.
+    torch honours ``ATEN_CPU_CAPABILITY`` (e.g. ``default``), so that also selects the build.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512":
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"]
+    if capability == "AVX2":
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
+    return []
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def _build_key(name: str, sources: list[Path], flags: list, with_cuda: bool) -> str:
+    digest = hashlib.sha256()
+    files = set(sources)
+    for folder in {s.parent for s in sources}:
+        files.update(p for p in folder.iterdir() if p.suffix in _HEADER_SUFFIXES)
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    compiler = _compiler()
+    parts = [name, repr(flags), str(with_cuda), torch.__version__, str(torch.version.cuda),
+             sys.version, compiler, str(shutil.which(compiler))]
+    digest.update("\0".join(parts).encode())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process builds this hash
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _first_error_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for pattern in (r"\berror\b", r"not found|No such file|cannot execute"):
+        for line in lines:
+            if line.startswith("Error building extension"):
+                line = line.split(":", 1)[-1].strip()
+            if line and re.search(pattern, line, re.IGNORECASE):
+                return line
+    return lines[-1] if lines else "no compiler output"
+
+
+def _is_python_module(sources: list[Path]) -> bool:
+    # Sources that only register ops (TORCH_LIBRARY*) have no Python init function to import.
+    return any("PYBIND11_MODULE" in s.read_text(errors="replace") for s in sources)
+
+
+def _load_built(name: str, folder: Path, python_module: bool) -> ModuleType | None:
+    libraries = sorted(folder.glob("*.so")) + sorted(folder.glob("*.pyd"))
+    if not libraries:
+        raise ExtensionBuildError(f"the cached build of {name!r} in {folder} holds no library; delete that folder to rebuild")
+    library = libraries[0]
+    if not python_module:
+        torch.ops.load_library(str(library))
+        return None
+    spec = importlib.util.spec_from_file_location(library.name.split(".")[0], library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile(name, sources, folder: Path, cflags, cuda_cflags, ldflags, with_cuda, python_module):
+    from torch.utils import cpp_extension
+
+    compiler = _compiler()
+    if shutil.which(compiler) is None:
+        raise ExtensionBuildError(
+            f"cannot build the {name!r} extension: no C++ compiler {compiler!r} was found "
+            "(install g++ or clang++, or point $CXX at one)"
+        )
+    if not cpp_extension.is_ninja_available():
+        raise ExtensionBuildError(f"cannot build the {name!r} extension: ninja is not installed (pip install ninja)")
+    try:
+        return cpp_extension.load(
+            name, [str(s) for s in sources], extra_cflags=cflags, extra_cuda_cflags=cuda_cflags,
+            extra_ldflags=ldflags, build_directory=str(folder), with_cuda=with_cuda,
+            is_python_module=python_module, verbose=False,
+        )
+    except Exception as exc:  # the compiler's output arrives inside a RuntimeError/OSError
+        raise ExtensionBuildError(
+            f"building the {name!r} extension failed: {_first_error_line(str(exc))}"
+        ) from exc
+
+
+def load_extension(
+    name: str,
+    sources: list[Path],
+    *,
+    extra_cflags=(),
+    extra_cuda_cflags=(),
+    extra_ldflags=(),
+    with_cuda: bool = False,
+) -> ModuleType | None:
+    """Build (once, cached) and load an extension; returns the module, or None for sources
+    that only register ``torch.library`` ops (no ``PYBIND11_MODULE``).
+
+    C++ flags always include ``-O3`` and the running CPU's vector flags
+    (``cpu_capability_flags``); never ``-ffast-math``. Raises ``ExtensionBuildError``.
+    """
+    sources = [Path(s).resolve() for s in sources]
+    for source in sources:
+        if not source.is_file():
+            raise ExtensionBuildError(f"cannot build the {name!r} extension: source file {source} does not exist")
+    cflags = ["-O3", *cpu_capability_flags(), *extra_cflags]
+    cuda_cflags = ["-O3", *extra_cuda_cflags]
+    ldflags = list(extra_ldflags)
+    python_module = _is_python_module(sources)
+    key = _build_key(name, sources, [cflags, cuda_cflags, ldflags], with_cuda)
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{name}-{key}"
+    with _locked(root / f"{name}-{key}.lock"):
+        if not final.is_dir():
+            scratch = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=root))
+            start = time.perf_counter()
+            try:
+                # cpp_extension.load also loads the library (from the scratch path, which stays
+                # valid: the rename below keeps the inode).
+                loaded = _compile(name, sources, scratch, cflags, cuda_cflags, ldflags, with_cuda, python_module)
+                os.rename(scratch, final)  # atomic: others see all of the build or none of it
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            BUILD_SECONDS[name] = time.perf_counter() - start
+            return loaded if python_module else None
+    try:
+        return _load_built(name, final, python_module)
+    except OSError as exc:
+        raise ExtensionBuildError(f"loading the {name!r} extension from {final} failed: {exc}") from exc

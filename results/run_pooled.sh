@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Reproduces the pooled-split rows of results/ (issue 8): 5 seeds each, one CPU thread.
+# Usage: bash results/run_pooled.sh [RUNS_DIR]   (default runs/sweeps); summaries are copied into results/.
+set -euo pipefail
+RUNS=${1:-runs/sweeps}
+common=(--seeds 5 --threads 1 --no-progress)
+sweep() {  # name, then ecgkern train options
+  local name=$1; shift
+  ecgkern train "${common[@]}" --out "$RUNS/$name" "$@"
+  cp "$RUNS/$name/summary.json" "results/$name.json"; cp "$RUNS/$name/summary.md" "results/$name.md"
+}
+sweep pooled-binary                                       # the notebook's experiment
+sweep pooled-binary-steploss --step-loss 0.5              # early-classification training
+sweep pooled-multiclass --task multiclass                 # 5 classes, same recipe

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Reproduces results/ucr-multiclass.json (issue 8): official UCR split (400 train / 100 validation from
+# the 500 training beats, 4,500 test), 5 classes, 5 seeds, one CPU thread.
+# Usage: bash results/run_ucr.sh [RUNS_DIR]   (default runs/sweeps)
+set -euo pipefail
+RUNS=${1:-runs/sweeps}
+name=ucr-multiclass
+ecgkern train --seeds 5 --threads 1 --no-progress --out "$RUNS/$name" \
+  --task multiclass --split ucr --head pool --class-weights --class-weight-power 0.5 \
+  --epochs 150 --batch-size 32 --lr 3e-3 --lr-schedule cosine --clip-grad 1.0 --dropout 0.1 --augment --select last
+cp "$RUNS/$name/summary.json" "results/$name.json"; cp "$RUNS/$name/summary.md" "results/$name.md"

@@ -1,0 +1,264 @@
+"""The cpp backend: custom-op contracts, strided inputs, input checks, build and cache behaviour.
+
+Numerical conformance over the full grid also runs in tests/test_conformance.py; here are the
+checks specific to the C++ extension.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ecgkern
+from ecgkern import _build
+from ecgkern.backends import cpp
+from ecgkern.testing import check_module, check_recurrence, gradcheck_recurrence, random_recurrence_inputs
+
+_REASON = cpp.unavailable_reason()
+needs_cpp = pytest.mark.skipif(_REASON is not None, reason=f"cpp backend unavailable: {_REASON}")
+
+ops = torch.ops.ecgkern
+
+
+@needs_cpp
+def test_conformance_odd_shapes():
+    # (T, B, H): B=1, T=1, H=1, H=17 (not a multiple of the vector width), B not a multiple
+    # of the register tile, H past one 4-vector column group in the backward.
+    shapes = ((1, 1, 1), (1, 3, 4), (6, 1, 17), (5, 4, 8), (9, 3, 33), (4, 13, 17), (3, 7, 70), (20, 5, 64))
+    check_recurrence(cpp.recurrence, shapes=shapes)
+
+
+@needs_cpp
+def test_conformance_saturated_gates():
+    # Large pre-activations drive sigmoid/tanh into saturation (the clamped tanh path).
+    check_recurrence(cpp.recurrence, shapes=((7, 3, 9), (5, 2, 16)), scale=12.0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("kwargs", [
+    dict(input_size=3, hidden_size=17),
+    dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True),
+    dict(input_size=1, hidden_size=8, batch_first=True),
+])
+def test_module_matches_reference(kwargs):
+    torch.manual_seed(0)
+    check_module(ecgkern.LSTM(**kwargs, backend="cpp"))
+
+
+@needs_cpp
+def test_module_with_lengths():
+    torch.manual_seed(0)
+    check_module(ecgkern.LSTM(3, 6, bidirectional=True, backend="cpp"), batch=4, steps=5, lengths=[5, 2, 1, 4])
+
+
+@needs_cpp
+def test_module_matches_nn_lstm():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 12, num_layers=2)
+    ours = ecgkern.LSTM(3, 12, num_layers=2, backend="cpp")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(9, 4, 3)
+    out_ref, (h_ref, c_ref) = ref(x)
+    out, (h, c) = ours(x)
+    for got, want in ((out, out_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_gradcheck_float64():
+    gradcheck_recurrence(cpp.recurrence, shapes=((1, 1, 1), (3, 2, 3), (4, 3, 5), (2, 7, 17)))
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    xg, w, h0, c0 = (t.requires_grad_(True) for t in random_recurrence_inputs(4, 3, 5, dtype=dtype))
+    torch.library.opcheck(ops.lstm_recurrence.default, (xg, w, h0, c0))
+    with torch.no_grad():
+        hs, cs, gates = ops.lstm_recurrence(xg, w, h0, c0)
+    dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
+    args = (dhs, dcs, w.detach(), h0.detach(), c0.detach(), hs, cs, gates)
+    torch.library.opcheck(ops.lstm_recurrence_backward.default, args)
+
+
+@needs_cpp
+def test_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    lstm = ecgkern.LSTM(3, 8, backend="cpp")
+    head = torch.nn.Linear(8, 2)
+
+    def model(x):
+        out, _ = lstm(x)
+        return head(out[-1])
+
+    x = torch.randn(5, 4, 3)
+    eager = model(x)  # builds/loads the extension outside of tracing
+    eager.square().sum().backward()
+    eager_grads = [p.grad.clone() for p in lstm.parameters()]
+    for p in lstm.parameters():
+        p.grad = None
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    compiled.square().sum().backward()
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip((p.grad for p in lstm.parameters()), eager_grads):
+        torch.testing.assert_close(got, want)
+
+
+@needs_cpp
+def test_non_contiguous_inputs_match_contiguous():
+    T, B, H = 6, 5, 7
+    xg, w, h0, c0 = random_recurrence_inputs(T, B, H)
+    # Same values, other layouts: batch-major transposed, transposed weight, strided slices.
+    xg_nc = xg.transpose(0, 1).contiguous().transpose(0, 1)
+    w_nc = w.t().contiguous().t()
+    h0_nc = torch.stack([h0, torch.zeros_like(h0)], dim=2).reshape(B, 2 * H)[:, ::2]
+    c0_nc = torch.cat([c0, c0], dim=1)[:, H:]
+    assert not any(t.is_contiguous() for t in (xg_nc, w_nc, h0_nc, c0_nc))
+    want = ops.lstm_recurrence(xg, w, h0, c0)
+    got = ops.lstm_recurrence(xg_nc, w_nc, h0_nc, c0_nc)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    hs, cs, gates = want
+    dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
+    want_b = ops.lstm_recurrence_backward(dhs, dcs, w, h0, c0, hs, cs, gates)
+    got_b = ops.lstm_recurrence_backward(dhs.transpose(0, 1).contiguous().transpose(0, 1), dcs[:, :, :],
+                                         w_nc, h0_nc, c0_nc, hs, cs, gates)
+    for g, e in zip(got_b, want_b):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@needs_cpp
+def test_zero_length_and_empty_batch():
+    for T, B in ((0, 3), (4, 0)):
+        xg, w, h0, c0 = (t.requires_grad_(True) for t in random_recurrence_inputs(max(T, 1), max(B, 1), 4))
+        xg = xg.detach()[:T, :B].requires_grad_(True)
+        h0, c0 = h0.detach()[:B], c0.detach()[:B]
+        hs, cs, gates = ops.lstm_recurrence(xg, w.detach(), h0, c0)
+        assert hs.shape == (T, B, 4) and gates.shape == (T, B, 16)
+        dxg, dw, dh0, dc0 = ops.lstm_recurrence_backward(hs, cs, w.detach(), h0, c0, hs, cs, gates)
+        assert dxg.shape == xg.shape and dw.shape == w.shape
+        assert not dw.any() and not dh0.any() and not dc0.any()
+
+
+def _good_forward_args():
+    return list(random_recurrence_inputs(3, 2, 4))
+
+
+@needs_cpp
+@pytest.mark.parametrize("position, bad, message", [
+    (0, torch.zeros(3, 16), r"xg must be 3-D"),
+    (0, torch.zeros(3, 2, 12), r"xg has shape \[3, 2, 12\], expected \[T, B, 4H\]"),
+    (1, torch.zeros(15, 4), r"w_hh has shape \[15, 4\], expected \[4H, H\]"),
+    (1, torch.zeros(16), r"w_hh must be 2-D"),
+    (2, torch.zeros(3, 4), r"h0 has shape \[3, 4\], expected \[B, H\]"),
+    (3, torch.zeros(2, 5), r"c0 has shape \[2, 5\]"),
+    (2, torch.zeros(2, 4, dtype=torch.float64), r"h0 has dtype Double but w_hh has dtype Float"),
+    (0, torch.zeros(3, 2, 16, dtype=torch.int32), r"xg must be float32 or float64"),
+])
+def test_forward_rejects_bad_inputs(position, bad, message):
+    args = _good_forward_args()
+    args[position] = bad
+    with pytest.raises(RuntimeError, match=message):
+        ops.lstm_recurrence(*args)
+
+
+@needs_cpp
+def test_backward_rejects_bad_inputs():
+    xg, w, h0, c0 = _good_forward_args()
+    hs, cs, gates = ops.lstm_recurrence(xg, w, h0, c0)
+    with pytest.raises(RuntimeError, match=r"dhs has shape \[3, 2, 5\], expected \[T, B, H\]"):
+        ops.lstm_recurrence_backward(torch.zeros(3, 2, 5), cs, w, h0, c0, hs, cs, gates)
+    with pytest.raises(RuntimeError, match=r"gates must be 3-D"):
+        ops.lstm_recurrence_backward(hs, cs, w, h0, c0, hs, cs, gates[0])
+    with pytest.raises(RuntimeError, match=r"cs has dtype Double"):
+        ops.lstm_recurrence_backward(hs, cs, w, h0, c0, hs, cs.double(), gates)
+
+
+def test_supports():
+    assert cpp.supports("cpu", torch.float32) is None
+    assert cpp.supports("cpu", torch.float64) is None
+    assert "float16" in cpp.supports("cpu", torch.float16)
+    assert "CPU only" in cpp.supports("cuda", torch.float32)
+    assert "CPU only" in cpp.unavailable_reason("cuda")
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_missing_compiler_reports_unavailable(tmp_path):
+    # Fresh cache, so nothing prebuilt can be loaded; the compiler does not exist.
+    result = _run("""
+        import torch, ecgkern
+        from ecgkern.backends import available_backends, resolve_backend_name, BackendUnavailableError
+        status = available_backends()["cpp"]
+        print("STATUS", status.available, status.reason)
+        print("AUTO", resolve_backend_name("auto"))
+        try:
+            ecgkern.LSTM(1, 2, backend="cpp")(torch.zeros(3, 1, 1))
+        except BackendUnavailableError as exc:
+            print("RAISED", exc)
+    """, CXX=str(tmp_path / "no-such-compiler"), ECGKERN_CACHE_DIR=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["STATUS"].startswith("False") and "no C++ compiler" in lines["STATUS"]
+    assert "no-such-compiler" in lines["STATUS"]
+    assert lines["AUTO"] == "reference"
+    assert "no C++ compiler" in lines["RAISED"]
+
+
+def test_compiler_error_gives_first_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECGKERN_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "broken.cpp"
+    source.write_text("int ok() { return 1; }\nint broken() { return undeclared_name; }\n")
+    with pytest.raises(_build.ExtensionBuildError) as info:
+        _build.load_extension("ecgkern_broken_probe", [source])
+    message = str(info.value)
+    assert "error" in message and "undeclared_name" in message and "broken.cpp:2" in message
+    assert "\n" not in message
+    assert not list((tmp_path / "cache" / "extensions").glob("ecgkern_broken_probe-*/"))  # nothing half-built kept
+
+
+def test_concurrent_builds_share_one_cache_entry(tmp_path):
+    # Two processes build the same (tiny, torch-free) source at once into an empty cache.
+    source = tmp_path / "probe.cpp"
+    source.write_text('extern "C" int ecgkern_probe() { return 42; }\n')
+    code = f"""
+        import ctypes, pathlib
+        from ecgkern import _build
+        _build.load_extension("ecgkern_probe", [pathlib.Path({str(source)!r})])
+        lib = next(_build.cache_dir().glob("ecgkern_probe-*/*.so"))
+        print("BUILT" if "ecgkern_probe" in _build.BUILD_SECONDS else "CACHED", ctypes.CDLL(str(lib)).ecgkern_probe())
+    """
+    env = {**os.environ, "ECGKERN_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    results = sorted(out.split()[0] for out, _ in outs)
+    assert results == ["BUILT", "CACHED"], outs  # built once; the other waited and loaded it
+    assert all(out.split()[1] == "42" for out, _ in outs)
+    entries = [p for p in (tmp_path / "cache" / "extensions").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and not entries[0].name.startswith(".")
+    # A third process finds it in the cache without building.
+    again = _run(code, ECGKERN_CACHE_DIR=str(tmp_path / "cache"))
+    assert again.stdout.split() == ["CACHED", "42"], again.stderr
+
+
+def test_cache_dir_and_csrc_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("ECGKERN_CACHE_DIR", str(tmp_path))
+    assert _build.cache_dir() == tmp_path / "extensions"
+    assert (_build.csrc_dir() / "lstm_cpu.cpp").is_file()
+
+
+def test_capability_flags_follow_torch(monkeypatch):
+    for capability, expected in (("AVX512", "-DCPU_CAPABILITY_AVX512"), ("AVX2", "-DCPU_CAPABILITY_AVX2")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert expected in _build.cpu_capability_flags()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert _build.cpu_capability_flags() == []

@@ -1,0 +1,177 @@
+"""`ecgkern train/evaluate/info/bench` end to end on tiny configs, and resuming after interruption."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ecgkern.ecg import cli
+from ecgkern.ecg.train import TrainConfig, train
+
+TINY = ["--limit", "64", "--epochs", "2", "--hidden-size", "8", "--batch-size", "16", "--no-progress"]
+OUTPUTS = ("model.pt", "checkpoint.pt", "metrics.json", "loss.png", "confusion.png", "roc.png", "early.png", "examples.png")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box they oversubscribe."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("extra", [[], ["--task", "multiclass", "--split", "ucr", "--class-weights", "--step-loss", "0.5"]],
+                         ids=["binary-pooled", "multiclass-ucr"])
+def test_train_writes_every_output_and_evaluate_reproduces_it(tmp_path, capsys, extra):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--out", str(out), *extra]) == 0
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["history"]["train_loss"]) == len(m["history"]["val_loss"]) == 2
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "confusion_matrix", "report"):
+        assert key in m["test"]
+    assert [e["fraction"] for e in m["early"]] == [round(k / 20, 2) for k in range(1, 21)]
+    assert m["timing"]["epochs"] == 2 and m["timing"]["train_seconds"] > 0
+    assert m["config"]["task"] == ("multiclass" if extra else "binary")
+    assert "epoch 002/2" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["test"] == m["test"] and again["early"] == m["early"]
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["train", "--task", "regression"], "regression"),
+    (["train", "--split", "kfold"], "kfold"),
+    (["train", "--backend", "fortran"], "fortran"),
+])
+def test_unknown_choices_are_rejected_by_name(argv, word, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and word in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["train", *TINY, "--data-source", "/no/such/folder"], "/no/such/folder"),
+    (["train", *TINY, "--epochs", "0"], "epochs"),
+    (["train", *TINY, "--bidirectional", "--step-loss", "0.5"], "unidirectional"),
+    (["train", "--resume"], "--out"),
+    (["evaluate", "/no/such/model.pt"], "does not exist"),
+])
+def test_bad_input_is_a_clear_error(argv, word, capsys, tmp_path):
+    argv = [a if a != "OUT" else str(tmp_path) for a in argv]
+    if argv[0] == "train" and "--out" not in argv and "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    assert word in capsys.readouterr().err
+
+
+def test_evaluate_rejects_a_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"\x00garbage")
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert "corrupt, truncated" in capsys.readouterr().err
+
+
+def test_unavailable_backend_is_named(tmp_path, capsys):
+    from ecgkern import available_backends
+
+    missing = [n for n, s in available_backends("cpu").items() if not s.available]
+    if not missing:
+        pytest.skip("every backend can run here")
+    assert cli.main(["train", *TINY, "--backend", missing[0], "--out", str(tmp_path / "r")]) == 2
+    assert missing[0] in capsys.readouterr().err
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert torch.__version__ in out and "reference" in out and "threads" in out
+
+
+def test_bench_hands_over_its_arguments(monkeypatch):
+    import types
+
+    seen = {}
+    fake = types.ModuleType("ecgkern.bench")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "ecgkern.bench", fake)
+    import ecgkern
+    monkeypatch.setattr(ecgkern, "bench", fake, raising=False)
+    assert cli.main(["bench", "--quick", "--task", "x"]) == 0
+    assert seen["argv"] == ["--quick", "--task", "x"]
+
+
+# ---- nothing lost when interrupted ----------------------------------------------------------
+
+# dropout and augmentation make the run depend on both RNG streams, so a resume must restore them.
+RESUME_CFG = dict(limit=48, epochs=3, hidden_size=8, batch_size=16, dropout=0.2, augment=True,
+                  lr_schedule="cosine", backend="reference", seed=3)
+
+
+def _quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    return train(TrainConfig(**RESUME_CFG), out, log=_quiet, progress=False), out
+
+
+def _assert_same_run(got, want):
+    got_dir, want_dir = got[1], want[1]
+    g, w = got[0], want[0]
+    assert g["test"] == w["test"] and g["early"] == w["early"] and g["best_epoch"] == w["best_epoch"]
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert g["history"][key] == w["history"][key]
+    a = torch.load(got_dir / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(want_dir / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_resume_after_a_crash_mid_epoch(tmp_path, uninterrupted):
+    class Crash(Exception):
+        pass
+
+    def fault(epoch, batch):
+        if epoch == 2 and batch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(TrainConfig(**RESUME_CFG), tmp_path, log=_quiet, progress=False, fault=fault)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "metrics.json").exists()
+    resumed = train(TrainConfig(**RESUME_CFG), tmp_path, resume=True, log=_quiet, progress=False)
+    _assert_same_run((resumed, tmp_path), uninterrupted)
+
+
+def test_resume_after_sigint_from_the_cli(tmp_path, uninterrupted):
+    cfg = RESUME_CFG
+    argv = [sys.executable, "-m", "ecgkern.ecg.cli", "train", "--out", str(tmp_path), "--no-progress", "--threads", str(torch.get_num_threads()),
+            "--limit", str(cfg["limit"]), "--epochs", str(cfg["epochs"]), "--hidden-size", str(cfg["hidden_size"]),
+            "--batch-size", str(cfg["batch_size"]), "--dropout", str(cfg["dropout"]), "--augment",
+            "--lr-schedule", cfg["lr_schedule"], "--backend", cfg["backend"], "--seed", str(cfg["seed"])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 130:  # interrupted (it may, rarely, have finished first)
+        assert "--resume" in err
+        assert not (tmp_path / "metrics.json").exists()
+    assert cli.main(["train", "--out", str(tmp_path), "--resume", "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "metrics.json").read_text())
+    _assert_same_run((resumed, tmp_path), uninterrupted)
