@@ -87,7 +87,8 @@ inline void cell_backward(const T* gates, const T* c, const T* c_prev, const T* 
   });
 }
 
-// Rows per GEMM block: the block's gates (rows x 4H) should stay in L1/L2 for the cell update.
+// Rows per backward block: the block's gate gradients (rows x 4H), written by the cell pass,
+// should still be in L1/L2 when the block's GEMM reads them.
 template <typename T>
 inline int64_t row_block(int64_t H) {
   return std::max<int64_t>(1, (32 * 1024) / (4 * H * static_cast<int64_t>(sizeof(T))));
@@ -254,7 +255,7 @@ void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T*
 // dh0/dc0 double as the carries (gradient into h_{t-1}/c_{t-1}); they start at zero.
 template <typename T>
 void backward_kernel(const T* dhs, const T* dcs, const T* w, const T* c0, const T* cs,
-                           const T* gates, T* dxg, T* dh0, T* dc0, int64_t Tn, int64_t B, int64_t H) {
+                     const T* gates, T* dxg, T* dh0, T* dc0, int64_t Tn, int64_t B, int64_t H) {
   constexpr int64_t V = kV<T>;
   const int64_t G = 4 * H, RB = row_block<T>(H), Hp = round_up(H, V);
   const at::Tensor packed = pack_backward(w, H);

@@ -405,9 +405,3 @@ def test_unsorted_packed_sequence_equals_nn_lstm(backend):
                             **{f"grad {n}": p.grad for n, p in m.named_parameters()}})
         _close(results[0], results[1], dtype, f"{backend} {dtype} PackedSequence(enforce_sorted=False) vs nn.LSTM")
 
-
-def _count_bad_inputs() -> dict[str, int]:
-    """The size of each table (for the README's reliability section)."""
-    return {"call (layer and functional)": len(CALL_CASES), "functional weights": len(WEIGHT_CASES) + 1,
-            "constructor and PackedSequence": len(CONSTRUCTOR_CASES), "unavailable backend": 1,
-            "backend recurrence": len(RECURRENCE_CASES), "C++ ops through torch.ops": len(OP_CASES)}

@@ -85,8 +85,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _dtype(backend: str) -> torch.dtype:
+    """float64 where the backend has it (the tightest comparison), else float32."""
+    return max(backend_dtypes(backend), key=lambda d: d.itemsize)
+
+
 def _jobs():
-    return [(name, dtype) for name, s in available_backends("cpu").items() if s.available for dtype in backend_dtypes(name)]
+    return [(name, _dtype(name)) for name, s in available_backends("cpu").items() if s.available]
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +113,13 @@ def ddp_results(tmp_path_factory):
 
 
 def test_ddp_step_equals_single_process_on_the_whole_batch(ddp_results, backend):
-    for dtype in backend_dtypes(backend):
-        model = _model(backend, dtype)
-        grads, params = _step(model, _batch(dtype), LENGTHS, model)
-        rtol, atol = GRAD_TOLERANCES[dtype]
-        for rank in range(WORLD):
-            got = ddp_results[(backend, dtype, rank)]
-            context = f"{backend} {dtype} DDP rank {rank} vs one process"
-            for name in grads:
-                assert_close(f"grad {name}", got["grads"][name], grads[name], rtol, atol, context)
-                assert_close(f"{name} after the step", got["params"][name], params[name], rtol, atol, context)
+    dtype = _dtype(backend)
+    model = _model(backend, dtype)
+    grads, params = _step(model, _batch(dtype), LENGTHS, model)
+    rtol, atol = GRAD_TOLERANCES[dtype]
+    for rank in range(WORLD):
+        got = ddp_results[(backend, dtype, rank)]
+        context = f"{backend} {dtype} DDP rank {rank} vs one process"
+        for name in grads:
+            assert_close(f"grad {name}", got["grads"][name], grads[name], rtol, atol, context)
+            assert_close(f"{name} after the step", got["params"][name], params[name], rtol, atol, context)

@@ -7,8 +7,9 @@ input, h0, c0 and every parameter must match the reference run in float64 on the
 
 Tolerances are ``ecgkern.testing.TOLERANCES`` / ``GRAD_TOLERANCES`` for the dtype. For large
 inputs (magnitude > 1) in float32 the rounding of the input projection alone (shared code)
-exceeds them, so there the allowed error is widened to 4x what the float32 *reference* itself
-is off by on that very example: a backend must be about as accurate as the oracle in its dtype.
+exceeds them (the float32 reference itself misses them on about 1 case in 3), so there the
+allowed error is widened to ``NOISE_FACTOR`` times what the float32 *reference* is off by on
+that very example: a backend must be about as accurate as the oracle in its own dtype.
 
 Example budget: profile ``ci`` (default; derandomized, so CI draws the same examples every run,
 and a failure prints a ``@reproduce_failure`` blob) or ``thorough`` (random, 10x the examples,
@@ -48,6 +49,10 @@ CI_EXAMPLES_DEFAULT = 30
 FULL_CAPS = (33, 50, 9, 70, 3)
 CAPS = {"triton": (9, 20, 9, 40, 2)}
 SCALES = (1.0, 10.0, 100.0, 1e4)  # input magnitude; shrinks towards 1
+# Rounding noise differs between correct implementations: over 100 random float32 cases at
+# magnitude 10..1e4, a backend's worst error was up to 8.6x the reference's own (cpp 3.6,
+# triton 8.6, compile 1.2; one hypothesis example: cpp 9.9). A wrong formula is off by O(1).
+NOISE_FACTOR = 16
 
 
 def _budget(backend: str) -> int:
@@ -114,7 +119,7 @@ def _check_case(backend: str, case: dict) -> None:
         rtol, atol = (TOLERANCES if name in ("output", "h_n", "c_n") else GRAD_TOLERANCES)[dtype]
         if oracle is not None:
             own_error = (oracle[name].double() - want).abs().max().item() if want.numel() else 0.0
-            atol = max(atol, 4 * own_error)
+            atol = max(atol, NOISE_FACTOR * own_error)
         assert_close(name, got[name], want, rtol, atol, context)
 
 

@@ -97,7 +97,7 @@ def test_interpreter_is_usable_but_never_auto_on_cpu():
     if not tb.INTERPRETED:
         pytest.skip("Triton runs compiled kernels here, not the interpreter")
     assert tb.unavailable_reason("cpu") is None and tb.supports("cpu", torch.float32) is None
-    assert "interpreter" in tb.describe("cpu")
+    assert "interpreter" in tb.note("cpu")
     assert resolve_backend_name("auto", "cpu", torch.float32) != "triton"
     assert "CUDA only" in tb.supports("cpu", torch.bfloat16)
 

@@ -57,12 +57,19 @@ class BackendStatus:
         return f"{self.name}: " + ("available" if self.available else f"unavailable ({self.reason})")
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def _module(name: str) -> ModuleType:
-    if name not in _MODULES:
-        raise ValueError(
-            f"unknown LSTM backend {name!r}; choose one of {', '.join(('auto',) + BACKEND_NAMES)}"
-        )
-    return importlib.import_module(_MODULES[name])
+    module = _LOADED.get(name)
+    if module is None:
+        if name not in _MODULES:
+            raise ValueError(
+                f"unknown LSTM backend {name!r}; choose one of {', '.join(('auto',) + BACKEND_NAMES)}"
+            )
+        # A plain dict lookup after the first import: torch.compile cannot trace importlib.
+        module = _LOADED[name] = importlib.import_module(_MODULES[name])
+    return module
 
 
 def _reason(name: str, device_type: str | None = None) -> str | None:

@@ -38,10 +38,14 @@ def _setup_context(ctx, inputs, output):
     _, w_hh, h0, c0 = inputs
     hs, cs, gates = output
     ctx.save_for_backward(w_hh, h0, c0, hs, cs, gates)
+    # The gates output is never differentiated: don't let autograd fill a [T, B, 4H] zero grad.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dhs, dcs, _dgates):
     w_hh, h0, c0, hs, cs, gates = ctx.saved_tensors
+    dhs = torch.zeros_like(hs) if dhs is None else dhs
+    dcs = torch.zeros_like(cs) if dcs is None else dcs
     dxg, dw_hh, dh0, dc0 = torch.ops.ecgkern.lstm_recurrence_backward(
         dhs.contiguous(), dcs.contiguous(), w_hh, h0, c0, hs, cs, gates
     )

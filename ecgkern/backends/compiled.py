@@ -9,13 +9,15 @@ compiled, and the time loop stays in Python around them.
   pre-activation gate gradients and ``dc_prev``, then ``dh_prev = dgates @ W_hh`` (eager GEMM);
   after the loop ``dW_hh`` is ONE GEMM over all steps.
 
-Compilation: one (forward, backward) pair per batch size, hidden size, device and dtype, with
-static shapes, each with a code object of its own so dynamo's per-function recompile limit never
-evicts one shape's graphs for another's. The sequence length never enters a cell, so a new T
-never compiles. Both cells always run with autograd off and on detached tensors (inside
-``autograd.Function.forward``/``backward`` or under ``no_grad``), so switching between training
-and inference never recompiles. Nothing is compiled at import; the first call compiles (see
-README for the time) and later calls reuse it.
+Compilation: each cell is compiled with ``dynamic=True`` once per device and dtype, each pair
+with a code object of its own (dynamo keeps graphs and its recompile limit per code object).
+Sizes are symbolic, so a new batch size, hidden size or sequence length reuses the graphs;
+dynamo only specialises sizes of 1 (B=1 or H=1 add a graph). Every tensor handed to a cell is
+freshly allocated, detached and outside inference mode, and the cells always run with autograd
+off (inside ``autograd.Function.forward``/``backward`` or under ``no_grad``): switching between
+training, ``no_grad`` and ``inference_mode`` never recompiles (tests/test_compile_backend.py
+checks this with ``torch.compiler.set_stance("fail_on_recompile")``). Nothing is compiled at
+import; the first call compiles (see README for the time) and later calls reuse it.
 """
 from __future__ import annotations
 
@@ -171,6 +173,8 @@ def _check(xg, w_hh, h0, c0) -> None:
     reason = supports(xg.device.type, xg.dtype)
     if reason is not None:
         raise TypeError(f"compile backend: {reason}")
+    if xg.dim() != 3 or w_hh.dim() != 2:
+        raise ValueError(f"compile backend: xg must be [T, B, 4H] and w_hh [4H, H], got {tuple(xg.shape)} and {tuple(w_hh.shape)}")
     T, B, G = xg.shape
     H = w_hh.shape[1]
     if G != 4 * H or tuple(w_hh.shape) != (G, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):

@@ -1,7 +1,7 @@
 """The ``cpp`` backend: hand-written C++ forward and backward of the recurrence on CPU.
 
 The kernels (``csrc/lstm_cpu.cpp``) implement the ``ecgkern::lstm_recurrence`` ops defined in
-``_ops``; the extension is JIT-built on first use (about a minute, then cached, see
+``_ops``; the extension is JIT-built on first use (15-40 s on 2 cores, then cached, see
 ``ecgkern._build``), never at import of ecgkern.
 """
 from __future__ import annotations

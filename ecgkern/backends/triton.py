@@ -1,23 +1,31 @@
 """``triton``: Triton kernels for the fused LSTM gate step, forward and backward.
 
-Per time step, torch does the recurrent GEMM into a preallocated buffer
-(``addmm(xg[t], h, W_hh^T)`` forward, ``dgates @ W_hh`` backward) and one Triton kernel does
-everything pointwise: activations, c, h and the saved activated gates forward; the gate
-gradients and dc_{t-1} backward. dW_hh is ONE GEMM after the reverse loop. For hidden sizes up
-to ``PERSISTENT_MAX_HIDDEN`` on a GPU, a persistent kernel instead runs the whole time loop in
-one launch with W_hh on-chip (FlashRNN style), forward and backward.
+Two paths, sharing the pointwise math in ``_triton_kernels``:
+
+* step kernels: per time step torch does the recurrent GEMM into a preallocated buffer
+  (``addmm(xg[t], h, W_hh^T, out=gates)`` forward, ``mm(dgates, W_hh, out=dh)`` backward) and
+  one Triton kernel does everything pointwise: activations, c, h and the saved activated gates
+  forward; the gate gradients and dc_{t-1} backward;
+* persistent kernels (FlashRNN style), for H <= ``PERSISTENT_MAX_HIDDEN``: one launch runs the
+  whole time loop, forward or backward, with W_hh held on-chip and the recurrent GEMM in
+  ``tl.dot``. Chosen by ``use_persistent``: on a GPU for float32/float16/bfloat16, and under
+  the interpreter (one launch instead of 2T makes the tests much faster there).
+
+Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 (GPU only) are computed
+in float32: pointwise math, tl.dot accumulation, and the carried dc of the step path.
 
 Both directions are ``torch.library`` custom ops (``ecgkern::triton_recurrence`` and its
-backward) with fake kernels and ``register_autograd``, so autograd works and
-``torch.compile`` treats them as single opaque ops.
+backward) with fake kernels and ``register_autograd``: autograd works, and ``torch.compile``
+(fullgraph too) treats each as one opaque op.
 
 CPU: the kernels run through Triton's interpreter on CPU tensors -- slow, for tests only
-(``auto`` never picks this backend on CPU). The interpreter must be chosen before any
-``@triton.jit`` function is defined, so when no CUDA device is present this module sets
-``TRITON_INTERPRET=1`` before importing its kernels, unless the variable is already set
-(an explicit user setting always wins). It is process-wide: other Triton code imported later
-in the same process on a CUDA-less machine is interpreted too. With TRITON_INTERPRET=1 set by
-the user on a CUDA machine, the kernels run interpreted on CPU tensors only.
+(``auto`` never picks this backend on CPU; ``available_backends()`` lists it as available and
+``note()`` says "runs on CPU only through Triton's interpreter ..."). The interpreter must be
+chosen before any ``@triton.jit`` function is defined, so when no CUDA device is present this
+module sets ``TRITON_INTERPRET=1`` before importing its kernels, unless the variable is already
+set (an explicit user setting always wins). The variable is process-wide: Triton kernels that
+other code defines later in the same CUDA-less process are interpreted too. With
+TRITON_INTERPRET=1 set by the user on a CUDA machine, this backend runs on CPU tensors only.
 """
 from __future__ import annotations
 
@@ -75,11 +83,12 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
     return None
 
 
-def describe(device_type: str | None = None) -> str:
-    """One line for ``ecgkern info``: where and how this backend runs."""
-    if unavailable_reason(device_type) is not None:
-        return f"unavailable ({unavailable_reason(device_type)})"
-    return CPU_NOTE if INTERPRETED else "Triton kernels on CUDA"
+def note(device_type: str | None = None) -> str | None:
+    """A caveat for ``available_backends()`` / ``ecgkern info`` when the backend is available
+    but runs in a special way (here: through the interpreter); None otherwise."""
+    if unavailable_reason(device_type) is None and INTERPRETED and device_type != "cuda":
+        return CPU_NOTE
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
