@@ -117,14 +117,18 @@ def check_recurrence(
                     assert_close(name, got, want, grtol, gatol, context)
 
 
-def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3), (4, 3, 5)), device="cpu", seed: int = 0) -> None:
-    """float64 ``torch.autograd.gradcheck`` on all four inputs at small shapes."""
+def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3), (4, 3, 5)), device="cpu", seed: int = 0, fast_mode: bool = False) -> None:
+    """float64 ``torch.autograd.gradcheck`` on all four inputs at small shapes.
+
+    ``fast_mode`` checks random projections of the Jacobian instead of every entry: for slow
+    implementations (an interpreter), at the cost of a weaker check.
+    """
     for k, (T, B, H) in enumerate(shapes):
         inputs = [t.requires_grad_(True) for t in random_recurrence_inputs(T, B, H, dtype=torch.float64, device=device, seed=seed + k)]
-        ok = torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, raise_exception=False)
+        ok = torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode, raise_exception=False)
         if not ok:
             # Run again raising, so the caller sees gradcheck's own report of which entry is off.
-            torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+            torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
 
 
 def _reference_twin(module: torch.nn.Module):

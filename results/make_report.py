@@ -36,7 +36,7 @@ def command(summary: dict) -> str:
         flag = "--" + key.replace("_", "-")
         opts.append(flag if value is True else f"{flag} {value}")
     seeds = summary["seeds"]
-    return f"ecgkern train --seeds {len(seeds)} --seed {seeds[0]} --threads 1 " + " ".join(opts)
+    return " ".join([f"ecgkern train --seeds {len(seeds)} --seed {seeds[0]} --threads 1", *opts])
 
 
 def main() -> None:
@@ -49,8 +49,9 @@ def main() -> None:
     (HERE / "RESULTS.md").write_text("\n".join(parts))
     plain, early = load("pooled-binary"), load("pooled-binary-steploss")
     if plain and early:
-        plot_early({"plain (last-step loss)": plain["early_curve_mean"],
-                    f"--step-loss {early['config']['step_loss']}": early["early_curve_mean"]},
+        n = len(plain["seeds"])
+        plot_early({f"plain, last-step loss (mean of {n} seeds)": plain["early_curve_mean"],
+                    f"--step-loss {early['config']['step_loss']} (mean of {len(early['seeds'])} seeds)": early["early_curve_mean"]},
                    2, HERE / "early.png")
 
 

@@ -12,3 +12,5 @@ sweep() {  # name, then ecgkern train options
 sweep pooled-binary                                       # the notebook's experiment
 sweep pooled-binary-steploss --step-loss 0.5              # early-classification training
 sweep pooled-multiclass --task multiclass                 # 5 classes, same recipe
+sweep pooled-multiclass-tuned --task multiclass --head pool --class-weights --class-weight-power 0.5 \
+  --epochs 40 --lr 3e-3 --lr-schedule cosine --clip-grad 1.0 --dropout 0.1 --augment   # the UCR recipe, shorter

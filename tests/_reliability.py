@@ -12,6 +12,14 @@ from ecgkern.backends import get_backend
 
 CPU = torch.device("cpu")
 FLOAT_DTYPES = (torch.float32, torch.float64)
+# Largest (batch, T, input, hidden, layers) the tests draw, per backend: triton runs under its
+# CPU interpreter (slow), so it gets smaller shapes.
+FULL_CAPS = (33, 50, 9, 70, 3)
+SIZE_CAPS = {"triton": (9, 20, 9, 40, 2)}
+
+
+def size_caps(backend: str) -> tuple:
+    return SIZE_CAPS.get(backend, FULL_CAPS)
 
 
 def backend_dtypes(backend: str) -> list[torch.dtype]:

@@ -29,7 +29,9 @@ def test_recurrence_outputs_and_gradients(backend):
 def test_recurrence_float64_gradcheck(backend):
     if torch.float64 not in _dtypes(backend):
         pytest.skip(f"backend {backend!r} has no float64 on CPU")
-    gradcheck_recurrence(_impl(backend, torch.float64).recurrence)
+    impl = _impl(backend, torch.float64)
+    # An interpreted backend (triton on CPU) is too slow for the full Jacobian: random projections.
+    gradcheck_recurrence(impl.recurrence, fast_mode=getattr(impl, "note", lambda d: None)("cpu") is not None)
 
 
 def test_recurrence_no_grad_forward(backend):

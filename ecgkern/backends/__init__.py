@@ -7,6 +7,8 @@ Every backend module exposes the same small interface:
 ``unavailable_reason(device_type=None) -> str | None``
     None when the backend can run (on that device type, or anywhere when None);
     otherwise one sentence saying why not.
+``note(device_type=None) -> str | None`` (optional)
+    a caveat shown beside "available" (e.g. triton on CPU runs through its interpreter).
 ``supports(device_type, dtype) -> str | None``
     None when the backend handles tensors of that device type and dtype; else why not.
 ``recurrence(xg, w_hh, h0, c0) -> (hs, cs)``
@@ -52,9 +54,12 @@ class BackendStatus:
     name: str
     available: bool
     reason: str | None  # why it cannot run; None when it can
+    note: str | None = None  # a caveat when it runs in a special way (e.g. an interpreter)
 
     def __str__(self) -> str:
-        return f"{self.name}: " + ("available" if self.available else f"unavailable ({self.reason})")
+        if not self.available:
+            return f"{self.name}: unavailable ({self.reason})"
+        return f"{self.name}: available" + (f" ({self.note})" if self.note else "")
 
 
 _LOADED: dict[str, ModuleType] = {}
@@ -85,7 +90,8 @@ def available_backends(device: str | torch.device | None = None) -> dict[str, Ba
     out = {}
     for name in BACKEND_NAMES:
         reason = _reason(name, device_type)
-        out[name] = BackendStatus(name, reason is None, reason)
+        note = getattr(_module(name), "note", None) if reason is None else None
+        out[name] = BackendStatus(name, reason is None, reason, note(device_type) if note else None)
     return out
 
 

@@ -26,6 +26,8 @@ import types
 
 import torch
 
+from ._checks import check_recurrence_args
+
 NAME = "compile"
 
 _DTYPES = (torch.float32, torch.float64)
@@ -165,28 +167,9 @@ class _Recurrence(torch.autograd.Function):
         return _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts)
 
 
-def _check(xg, w_hh, h0, c0) -> None:
-    tensors = {"xg": xg, "w_hh": w_hh, "h0": h0, "c0": c0}
-    for name, t in tensors.items():
-        if t.dtype != xg.dtype or t.device != xg.device:
-            raise ValueError(f"compile backend: {name} is {t.dtype} on {t.device}, expected {xg.dtype} on {xg.device} like xg")
-    reason = supports(xg.device.type, xg.dtype)
-    if reason is not None:
-        raise TypeError(f"compile backend: {reason}")
-    if xg.dim() != 3 or w_hh.dim() != 2:
-        raise ValueError(f"compile backend: xg must be [T, B, 4H] and w_hh [4H, H], got {tuple(xg.shape)} and {tuple(w_hh.shape)}")
-    T, B, G = xg.shape
-    H = w_hh.shape[1]
-    if G != 4 * H or tuple(w_hh.shape) != (G, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):
-        raise ValueError(
-            f"compile backend: inconsistent shapes xg {tuple(xg.shape)}, w_hh {tuple(w_hh.shape)}, "
-            f"h0 {tuple(h0.shape)}, c0 {tuple(c0.shape)}; expected [T,B,4H], [4H,H], [B,H], [B,H]"
-        )
-
-
 @torch._dynamo.disable  # an outer torch.compile runs this as is; the cells are compiled already
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
-    _check(xg, w_hh, h0, c0)
+    check_recurrence_args("compile", xg, w_hh, h0, c0, supports(xg.device.type, xg.dtype))
     args = [t.contiguous() for t in (xg, w_hh, h0, c0)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
         return _Recurrence.apply(*args)

@@ -33,6 +33,8 @@ import os
 
 import torch
 
+from ._checks import check_recurrence_args
+
 NAME = "triton"
 
 # Largest hidden size the persistent kernels take (W_hh, 4*H*H values, must stay on-chip).
@@ -229,28 +231,10 @@ def _backward_formula(ctx, dhs, dcs, _dacts):
 _recurrence_op.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-def _check(xg, w_hh, h0, c0) -> None:
-    for name, t in {"w_hh": w_hh, "h0": h0, "c0": c0}.items():
-        if t.dtype != xg.dtype or t.device != xg.device:
-            raise ValueError(f"triton backend: {name} is {t.dtype} on {t.device}, expected {xg.dtype} on {xg.device} like xg")
-    reason = unavailable_reason(xg.device.type) or supports(xg.device.type, xg.dtype)
-    if reason is not None:
-        raise TypeError(f"triton backend cannot run {xg.dtype} on {xg.device.type}: {reason}")
-    if xg.dim() != 3 or w_hh.dim() != 2:
-        raise ValueError(f"triton backend: xg must be [T, B, 4H] and w_hh [4H, H], got {tuple(xg.shape)} and {tuple(w_hh.shape)}")
-    T, B, G = xg.shape
-    H = w_hh.shape[1]
-    if G != 4 * H or tuple(w_hh.shape) != (G, H) or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H):
-        raise ValueError(
-            f"triton backend: inconsistent shapes xg {tuple(xg.shape)}, w_hh {tuple(w_hh.shape)}, "
-            f"h0 {tuple(h0.shape)}, c0 {tuple(c0.shape)}; expected [T,B,4H], [4H,H], [B,H], [B,H]"
-        )
-
-
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, *, persistent: bool | None = None):
     """The backend interface; ``persistent`` forces (True) or forbids (False) the one-launch
     kernels, None lets ``use_persistent`` decide."""
-    _check(xg, w_hh, h0, c0)
+    check_recurrence_args("triton", xg, w_hh, h0, c0, unavailable_reason(xg.device.type) or supports(xg.device.type, xg.dtype))
     if persistent is None:
         persistent = use_persistent(xg.device.type, xg.dtype, w_hh.shape[1])
     hs, cs, _ = _recurrence_op(xg.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(), bool(persistent))
