@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecgkern import _build
 from ecgkern.backends import cuda as cuda_backend
 
 TIMEOUT_S = 540  # a cold build is about a minute; this only stops a hang

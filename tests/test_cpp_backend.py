@@ -27,8 +27,10 @@ ops = torch.ops.ecgkern
 @needs_cpp
 def test_conformance_odd_shapes():
     # (T, B, H): B=1, T=1, H=1, H=17 (not a multiple of the vector width), B not a multiple
-    # of the register tile, H past one 4-vector column group in the backward.
-    shapes = ((1, 1, 1), (1, 3, 4), (6, 1, 17), (5, 4, 8), (9, 3, 33), (4, 13, 17), (3, 7, 70), (20, 5, 64))
+    # of the register tile, H past one 4-vector column group in the backward, H past one
+    # k block of the forward GEMM (128 with AVX-512; 150, 270: a partial last block).
+    shapes = ((1, 1, 1), (1, 3, 4), (6, 1, 17), (5, 4, 8), (9, 3, 33), (4, 13, 17), (3, 7, 70), (20, 5, 64),
+              (3, 7, 150), (2, 3, 270))
     check_recurrence(cpp.recurrence, shapes=shapes)
 
 
@@ -83,6 +85,33 @@ def test_opcheck(dtype):
     dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
     args = (dhs, dcs, w.detach(), h0.detach(), c0.detach(), hs, cs, gates)
     torch.library.opcheck(ops.lstm_recurrence_backward.default, args)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_op(dtype):
+    # Same hs/cs as the training forward, bit for bit (same kernel, gates just not stored).
+    xg, w, h0, c0 = random_recurrence_inputs(7, 5, 150, dtype=dtype)
+    torch.library.opcheck(ops.lstm_recurrence_inference.default, (xg, w, h0, c0))
+    hs, cs = ops.lstm_recurrence_inference(xg, w, h0, c0)
+    want_hs, want_cs, _ = ops.lstm_recurrence(xg, w, h0, c0)
+    torch.testing.assert_close(hs, want_hs, rtol=0, atol=0)
+    torch.testing.assert_close(cs, want_cs, rtol=0, atol=0)
+
+
+@needs_cpp
+def test_recurrence_picks_inference_op_without_grad():
+    xg, w, h0, c0 = random_recurrence_inputs(4, 3, 5)
+    w.requires_grad_(True)
+    hs, _ = cpp.recurrence(xg, w, h0, c0)
+    assert hs.grad_fn is not None
+    with torch.no_grad():
+        hs_ng, cs_ng = cpp.recurrence(xg, w, h0, c0)
+    assert hs_ng.grad_fn is None
+    torch.testing.assert_close(hs_ng, hs.detach(), rtol=0, atol=0)
+    with torch.no_grad():
+        compiled = torch.compile(lambda *a: cpp.recurrence(*a), fullgraph=True, backend="aot_eager")(xg, w, h0, c0)
+    torch.testing.assert_close(compiled[1], cs_ng, rtol=0, atol=0)
 
 
 @needs_cpp

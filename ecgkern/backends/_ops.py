@@ -9,6 +9,9 @@ cpp and cuda extensions independent of each other and lets ``torch.library.opche
         -> (hs [T,B,H], cs [T,B,H], gates [T,B,4H])      gates: activated i, f, g, o per step
     ecgkern::lstm_recurrence_backward(dhs, dcs, w_hh, h0, c0, hs, cs, gates)
         -> (dxg [T,B,4H], dw_hh [4H,H], dh0 [B,H], dc0 [B,H])
+    ecgkern::lstm_recurrence_inference(xg, w_hh, h0, c0) -> (hs [T,B,H], cs [T,B,H])
+        the forward without gates, for when no gradient is needed (not differentiable;
+        implemented by the cpp extension only)
 """
 from __future__ import annotations
 
@@ -21,12 +24,19 @@ _LIB.define(
     "Tensor hs, Tensor cs, Tensor gates) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 
+_LIB.define("lstm_recurrence_inference(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("ecgkern::lstm_recurrence_inference")
+def _fake_states(xg, w_hh, h0, c0):
+    T, B, _ = xg.shape
+    H = w_hh.shape[1]
+    return xg.new_empty(T, B, H), xg.new_empty(T, B, H)
+
 
 @torch.library.register_fake("ecgkern::lstm_recurrence")
 def _(xg, w_hh, h0, c0):
-    T, B, G = xg.shape
-    H = w_hh.shape[1]
-    return xg.new_empty(T, B, H), xg.new_empty(T, B, H), xg.new_empty(T, B, G)
+    return *_fake_states(xg, w_hh, h0, c0), torch.empty_like(xg)
 
 
 @torch.library.register_fake("ecgkern::lstm_recurrence_backward")

@@ -55,4 +55,7 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
         from . import BackendUnavailableError
 
         raise BackendUnavailableError(f"LSTM backend 'cpp' cannot run: {reason}")
-    return _ops.recurrence(xg, w_hh, h0, c0)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (xg, w_hh, h0, c0)):
+        return _ops.recurrence(xg, w_hh, h0, c0)
+    # No gradient wanted: the forward that does not store the [T, B, 4H] gates for backward.
+    return torch.ops.ecgkern.lstm_recurrence_inference(xg, w_hh, h0, c0)

@@ -49,7 +49,7 @@ def _add_train_args(p: argparse.ArgumentParser, d) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--device", default=d.device, help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--out", default=None, help="output folder; default runs/<task>-<timestamp>")
+    g.add_argument("--out", default=None, help="output folder; default runs/<task>-<split>-<timestamp>")
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last complete epoch")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
     g.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # debug: first N beats of each part
