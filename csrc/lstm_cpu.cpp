@@ -451,13 +451,15 @@ std::tuple<int64_t, int64_t, int64_t> check_sizes(const char* op, const at::Tens
 // A fresh output tensor. Outputs of tens of MB (B=256, H=256: gates alone are 147 MB) come
 // straight from mmap, and their first-touch page faults, one per 4 KiB, cost about a third of
 // the forward: ask for transparent huge pages (no-op where THP is "never" or "always").
+// Only from 32 MB: smaller outputs are recycled from malloc's heap after the first call, and
+// the advice on those cost time (measured at the ECG shape).
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (t.nbytes() >= 4 * kHuge && last > first)
+  if (t.nbytes() >= 16 * kHuge && last > first)
     madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only: errors ignored
 #endif
   return t;

@@ -101,8 +101,6 @@ CALL_CASES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, reported: ecgkern/__init__.py imports the submodule ecgkern.lstm after "
-                   "the function, so the attribute ecgkern.lstm is the module; import `.lstm` before `.functional`")
 def test_functional_api_is_exported():
     # `from .lstm import LSTM` in ecgkern/__init__.py must not shadow the function with the submodule.
     assert ecgkern.lstm is functional_lstm, f"ecgkern.lstm is {ecgkern.lstm!r}, not the functional API"
@@ -243,19 +241,8 @@ RECURRENCE_CASES = [
 ]
 
 
-# Known bugs (reported), as strict xfails: remove a row once its backend checks its arguments.
-KNOWN_RECURRENCE_BUGS = {
-    ("reference", "xg 2-D"): "reference.recurrence loops over xg's first dim and broadcasts xg[t] without checking xg is 3-D",
-    ("reference", "h0 batch 1 (broadcastable)"): "reference.recurrence broadcasts an [1, H] h0 over the batch",
-    ("reference", "c0 batch 1 (broadcastable)"): "reference.recurrence broadcasts an [1, H] c0 over the batch",
-}
-
-
 @pytest.mark.parametrize("case", RECURRENCE_CASES, ids=lambda c: c.name)
-def test_backend_recurrence_rejects_inconsistent_arguments(case, backend, request):
-    bug = KNOWN_RECURRENCE_BUGS.get((backend, case.name))
-    if bug:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"known bug, reported: {bug}"))
+def test_backend_recurrence_rejects_inconsistent_arguments(case, backend):
     impl = get_backend(backend, CPU, torch.float32)
     with pytest.raises(case.exc, match=case.match) as info:
         impl.recurrence(**_rec_args(**case.make))

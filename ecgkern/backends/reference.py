@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_recurrence_args
+
 NAME = "reference"
 
 
@@ -18,6 +20,7 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
 
 
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    check_recurrence_args(NAME, xg, w_hh, h0, c0, supports(xg.device.type, xg.dtype))
     h, c = h0, c0
     hs, cs = [], []
     for t in range(xg.shape[0]):
