@@ -94,15 +94,20 @@ def _check_input(input: torch.Tensor, input_size: int, weight: torch.Tensor) -> 
         raise TypeError(f"LSTM input dtype {input.dtype} does not match weight dtype {weight.dtype}; convert the input with .to({weight.dtype}) or the model with .to({input.dtype})")
 
 
+def _check_tensor(label: str, t, shape: tuple, ref: torch.Tensor, hint: str = "") -> None:
+    """``t`` must be a tensor of ``shape`` with ``ref``'s device and dtype; errors start with ``label``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{label} has shape {tuple(t.shape)}, expected {shape}{hint}")
+    if t.device != ref.device:
+        raise ValueError(f"{label} is on {t.device} but the input is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{label} dtype {t.dtype} does not match input dtype {ref.dtype}")
+
+
 def _check_state(name: str, state, expected: tuple, ref: torch.Tensor) -> None:
-    if not isinstance(state, torch.Tensor):
-        raise TypeError(f"LSTM {name} must be a torch.Tensor, got {type(state).__name__}")
-    if tuple(state.shape) != expected:
-        raise ValueError(f"LSTM {name} has shape {tuple(state.shape)}, expected {expected} (num_layers * num_directions, batch, hidden_size)")
-    if state.device != ref.device:
-        raise ValueError(f"LSTM {name} is on {state.device} but the input is on {ref.device}")
-    if state.dtype != ref.dtype:
-        raise TypeError(f"LSTM {name} dtype {state.dtype} does not match input dtype {ref.dtype}")
+    _check_tensor(f"LSTM {name}", state, expected, ref, " (num_layers * num_directions, batch, hidden_size)")
 
 
 def _check_weights(weights: Sequence[LayerWeights], input_size: int, hidden: int, num_directions: int, ref: torch.Tensor) -> None:
@@ -116,16 +121,8 @@ def _check_weights(weights: Sequence[LayerWeights], input_size: int, hidden: int
             raise ValueError(f"weights[{k}]: b_ih and b_hh must both be tensors or both be None")
         expected = {"w_ih": (4 * hidden, layer_input), "w_hh": (4 * hidden, hidden), "b_ih": (4 * hidden,), "b_hh": (4 * hidden,)}
         for (name, shape), w in zip(expected.items(), layer_weights):
-            if w is None:
-                continue
-            if not isinstance(w, torch.Tensor):
-                raise TypeError(f"weights[{k}] {name} must be a torch.Tensor, got {type(w).__name__}")
-            if tuple(w.shape) != shape:
-                raise ValueError(f"weights[{k}] {name} has shape {tuple(w.shape)}, expected {shape}")
-            if w.device != ref.device:
-                raise ValueError(f"weights[{k}] {name} is on {w.device} but the input is on {ref.device}")
-            if w.dtype != ref.dtype:
-                raise TypeError(f"weights[{k}] {name} dtype {w.dtype} does not match input dtype {ref.dtype}")
+            if w is not None:
+                _check_tensor(f"weights[{k}] {name}", w, shape, ref)
 
 
 def _check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
