@@ -124,6 +124,7 @@ def profile_op(T, B, H, rounds=20):
     dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
     fns = {
         "fwd op": lambda: torch.ops.ecgkern.lstm_recurrence(xg, w, h0, c0),
+        "inference op (no gates)": lambda: torch.ops.ecgkern.lstm_recurrence_inference(xg, w, h0, c0),
         "bwd op": lambda: torch.ops.ecgkern.lstm_recurrence_backward(dhs, dcs, w, h0, c0, hs, cs, gates),
         "dW_hh gemm (part of bwd op)": lambda: torch.mm(gates.view(-1, 4 * H).t(), hs.view(-1, H)),
     }

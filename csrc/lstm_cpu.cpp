@@ -1,4 +1,5 @@
-// CPU kernels for ecgkern::lstm_recurrence and ecgkern::lstm_recurrence_backward.
+// CPU kernels for ecgkern::lstm_recurrence, ecgkern::lstm_recurrence_backward and
+// ecgkern::lstm_recurrence_inference (the forward without the gates, for no-grad calls).
 //
 // The schemas, fake kernels and autograd live in ecgkern/backends/_ops.py; this file only
 // registers the CPU implementations. Layout: xg/gates [T,B,4H], hs/cs [T,B,H], w_hh [4H,H],
@@ -10,10 +11,11 @@
 // - the per-step recurrent GEMMs are register-tiled at::vec kernels over w_hh packed once per
 //   call (a BLAS call per step costs more than the math at these sizes); the forward tile
 //   holds all four gates of a chunk of hidden units, so the cell update runs straight from
-//   the accumulators;
-// - at::vec is built with the CPU's capability flags (see ecgkern/_build.py), so exp/expm1
-//   are the vectorised Sleef functions that libtorch exports;
-// - nothing is allocated inside the time loop; dW_hh is one GEMM (at::mm) after the loop.
+//   the accumulators; for H > 128 both GEMMs are K-blocked so a weight block stays in L1;
+// - at::vec is built with the CPU's capability flags (see ecgkern/_build.py); float32 exp and
+//   tanh are inlined polynomials (Cephes), float64 uses the Sleef functions libtorch exports;
+// - nothing is allocated inside the time loop; dW_hh is one GEMM after the loop;
+// - outputs of 32 MB and more are advised onto transparent huge pages (page faults).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -146,13 +148,6 @@ inline void cell_backward(const T* gates, const T* c, const T* c_prev, const T* 
   });
 }
 
-// Rows per backward block: the block's gate gradients (rows x 4H), written by the cell pass,
-// should still be in L1/L2 when the block's GEMM reads them.
-template <typename T>
-inline int64_t row_block(int64_t H) {
-  return std::max<int64_t>(1, (32 * 1024) / (4 * H * static_cast<int64_t>(sizeof(T))));
-}
-
 // Split [0, B) across threads once; at most one chunk per thread, none smaller than min_rows.
 template <typename F>
 inline void parallel_over_batch(int64_t B, int64_t H, F f) {
@@ -221,9 +216,7 @@ at::Tensor pack_backward(const T* w, int64_t H) {
 // tile, accumulators in registers. Callers that post-process the tile pass a small stack
 // buffer as `out`: with the accumulators themselves live across the epilogue's out-of-line
 // Sleef calls, GCC keeps them in memory inside the k loop (about 3x slower).
-// kPrefetchA > 0: prefetch a's line that many k ahead (for a far-strided a_k, where the
-// hardware prefetcher lags and the broadcasts wait on L2).
-template <typename T, int MR, int NV, bool kAccumulate = false, int kPrefetchA = 0>
+template <typename T, int MR, int NV, bool kAccumulate = false>
 inline void gemm_tile(const T* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K,
                       T* out, int64_t ldo) {
   using Vec = Vectorized<T>;
@@ -232,7 +225,6 @@ inline void gemm_tile(const T* a, int64_t a_r, int64_t a_k, const T* b, int64_t 
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = kAccumulate ? Vec::loadu(out + r * ldo + v * V) : Vec(T(0));
   for (int64_t k = 0; k < K; ++k) {
-    if constexpr (kPrefetchA > 0) __builtin_prefetch(a + (k + kPrefetchA) * a_k);
     Vec w[NV];
     for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(b + k * ldb + v * V);
     for (int r = 0; r < MR; ++r) {
@@ -283,30 +275,16 @@ inline void forward_tile(const T* h_prev, const T* wf, const T* xg, const T* c_p
   cell_tile<T, MR, kGates>(pre, xg, c_prev, gates, c, h, H, j, n);
 }
 
-// k per block of the forward GEMM: a chunk's packed weights for one block (k * 4V values)
-// stay in L1 while every row tile of the thread passes over them. Larger H is K-blocked.
+// k per block of the recurrent GEMMs: one block of packed weights (k x 4 vectors, 32 KB)
+// stays in L1 while every row tile of the thread passes over it.
 template <typename T>
-constexpr int64_t kForwardKB = (32 * 1024) / (4 * kV<T> * static_cast<int64_t>(sizeof(T)));
-
-// MR rows x NV vectors of dh = dgates @ w_hh, columns [k0, k0 + NV*V) (stores stop at H).
-// dgates rows are 4H apart, dh rows H apart; wb is pack_backward's [4H, Hp].
-template <typename T, int MR, int NV>
-inline void backward_tile(const T* dg, const T* wb, T* dh, int64_t H, int64_t Hp, int64_t k0) {
-  constexpr int64_t V = kV<T>;
-  alignas(64) T out[MR * NV * V];
-  gemm_tile<T, MR, NV>(dg, 4 * H, 1, wb + k0, Hp, 4 * H, out, NV * V);
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const int64_t k = k0 + v * V;
-      if (k < H) store(Vectorized<T>::loadu(out + (r * NV + v) * V), dh + r * H + k, std::min(V, H - k));
-    }
-}
+constexpr int64_t kBlockK = (32 * 1024) / (4 * kV<T> * static_cast<int64_t>(sizeof(T)));
 
 // kGates false: inference, the activated gates are not stored (gates is null).
 template <typename T, bool kGates>
 void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T* cs, T* gates,
                     int64_t Tn, int64_t B, int64_t H) {
-  constexpr int64_t V = kV<T>, KB = kForwardKB<T>;
+  constexpr int64_t V = kV<T>, KB = kBlockK<T>;
   const int64_t G = 4 * H;
   const at::Tensor packed = pack_forward(w, H);
   const T* wf = packed.data_ptr<T>();
@@ -357,33 +335,48 @@ void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T*
 }
 
 // dh0/dc0 double as the carries (gradient into h_{t-1}/c_{t-1}); they start at zero.
+// Per step: the cell pass over the thread's rows, then dh = dgates @ w_hh K-blocked: each
+// block of w_hh (kBlockK rows x one 4-vector column group) is loaded into L1 once and used
+// by every row tile (w_hh is 1 MB at H=256: streaming it per row tile thrashed L2).
 template <typename T>
 void backward_kernel(const T* dhs, const T* dcs, const T* w, const T* c0, const T* cs,
                      const T* gates, T* dxg, T* dh0, T* dc0, int64_t Tn, int64_t B, int64_t H) {
-  constexpr int64_t V = kV<T>;
-  const int64_t G = 4 * H, RB = row_block<T>(H), Hp = round_up(H, V);
+  constexpr int64_t V = kV<T>, KB = kBlockK<T>;
+  const int64_t G = 4 * H, Hp = round_up(H, V);
   const at::Tensor packed = pack_backward(w, H);
   const T* wb = packed.data_ptr<T>();
   parallel_over_batch(B, H, [&](int64_t b0, int64_t b1) {
+    // One column group of dh for the thread's rows, summed over the k blocks.
+    const at::Tensor scratch = at::empty({(b1 - b0) * 4 * V}, c10::CppTypeToScalarType<T>::value);
+    T* acc = scratch.data_ptr<T>();
     for (int64_t t = Tn - 1; t >= 0; --t) {
       const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
-      for (int64_t rb = b0; rb < b1; rb += RB) {
-        const int64_t re = std::min(rb + RB, b1);
-        for (int64_t r = rb; r < re; ++r) {
-          const int64_t s = t * B + r;
-          cell_backward(gates + s * G, cs + s * H, c_prev + r * H, dhs + s * H, dcs + s * H,
-                        dh0 + r * H, dc0 + r * H, dxg + s * G, H);
-        }
-        for (int64_t k0 = 0; k0 < Hp; k0 += 4 * V) {
-          with_tile<4>((Hp - k0) / V, [&](auto nv) {
-            for (int64_t r0 = rb; r0 < re; r0 += kMR) {
-              with_tile<kMR>(re - r0, [&](auto mr) {
-                backward_tile<T, decltype(mr)::value, decltype(nv)::value>(
-                    dxg + (t * B + r0) * G, wb, dh0 + r0 * H, H, Hp, k0);
+      for (int64_t r = b0; r < b1; ++r) {
+        const int64_t s = t * B + r;
+        cell_backward(gates + s * G, cs + s * H, c_prev + r * H, dhs + s * H, dcs + s * H,
+                      dh0 + r * H, dc0 + r * H, dxg + s * G, H);
+      }
+      for (int64_t k0 = 0; k0 < Hp; k0 += 4 * V) {
+        with_tile<4>((Hp - k0) / V, [&](auto nv) {
+          constexpr int NV = decltype(nv)::value;
+          for (int64_t kb = 0; kb < G; kb += KB) {
+            for (int64_t r0 = b0; r0 < b1; r0 += kMR) {
+              with_tile<kMR>(b1 - r0, [&](auto mr) {
+                constexpr int MR = decltype(mr)::value;
+                const T* a = dxg + (t * B + r0) * G + kb;
+                T* out = acc + (r0 - b0) * NV * V;
+                const int64_t kn = std::min(KB, G - kb);
+                if (kb == 0) gemm_tile<T, MR, NV>(a, G, 1, wb + kb * Hp + k0, Hp, kn, out, NV * V);
+                else gemm_tile<T, MR, NV, true>(a, G, 1, wb + kb * Hp + k0, Hp, kn, out, NV * V);
               });
             }
-          });
-        }
+          }
+          for (int64_t r = b0; r < b1; ++r)
+            for (int v = 0; v < NV; ++v) {
+              const int64_t k = k0 + v * V;
+              if (k < H) store(Vectorized<T>::loadu(acc + (r - b0) * NV * V + v * V), dh0 + r * H + k, std::min(V, H - k));
+            }
+        });
       }
     }
   });

@@ -68,11 +68,13 @@ def test_bad_inputs_are_rejected_with_the_reason():
         compiled.recurrence(*(t.half() for t in (xg, w_hh, h0, c0)))
 
 
-def test_missing_cpp_compiler_is_reported(monkeypatch):
+def test_missing_cpp_compiler_is_reported():
     from torch._inductor import config
 
-    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-cxx-ecgkern"))
-    reason = compiled.unavailable_reason("cpu")
+    # config.patch, not monkeypatch: undoing a monkeypatch on a config module can delete the entry.
+    with config.patch({"cpp.cxx": (None, "no-such-cxx-ecgkern")}):
+        reason = compiled.unavailable_reason("cpu")
+    assert config.cpp.cxx != (None, "no-such-cxx-ecgkern")
     assert reason is not None and "C++ compiler" in reason and "no-such-cxx-ecgkern" in reason
 
 

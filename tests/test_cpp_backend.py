@@ -100,6 +100,25 @@ def test_inference_op(dtype):
 
 
 @needs_cpp
+def test_thread_count_does_not_change_results():
+    # Rows are split across threads (OpenMP); each row's arithmetic is the same either way.
+    xg, w, h0, c0 = random_recurrence_inputs(5, 9, 20)
+    hs, cs, gates = ops.lstm_recurrence(xg, w, h0, c0)
+    dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append((*ops.lstm_recurrence(xg, w, h0, c0),
+                            *ops.lstm_recurrence_backward(dhs, dcs, w, h0, c0, hs, cs, gates)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        torch.testing.assert_close(two, one, rtol=0, atol=0)
+
+
+@needs_cpp
 def test_recurrence_picks_inference_op_without_grad():
     xg, w, h0, c0 = random_recurrence_inputs(4, 3, 5)
     w.requires_grad_(True)

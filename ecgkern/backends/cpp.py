@@ -15,6 +15,11 @@ from . import _ops
 
 NAME = "cpp"
 SOURCES = ("lstm_cpu.cpp",)
+# -fopenmp: at::parallel_for is inline OpenMP, without the flag it silently runs on one thread.
+# No -lgomp: the GOMP symbols resolve to the libgomp libtorch_cpu already loaded (one pool).
+# -ffp-contract=off: no compiler-chosen FMAs, so every instantiation (training/inference
+# forward) rounds identically; the GEMMs use explicit fmadd and lose nothing.
+EXTRA_CFLAGS = ("-fopenmp", "-ffp-contract=off")
 
 _lock = threading.Lock()
 _state: dict = {}  # "reason": None once loaded, else the build error sentence (tried once)
@@ -28,7 +33,8 @@ def _load() -> str | None:
         with _lock:
             if "reason" not in _state:
                 try:
-                    _build.load_extension("ecgkern_cpu", [_build.csrc_dir() / s for s in SOURCES])
+                    _build.load_extension("ecgkern_cpu", [_build.csrc_dir() / s for s in SOURCES],
+                                          extra_cflags=EXTRA_CFLAGS)
                     _state["reason"] = None
                 except _build.ExtensionBuildError as exc:
                     _state["reason"] = str(exc)
