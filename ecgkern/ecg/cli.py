@@ -143,9 +143,9 @@ def cmd_info() -> int:
     print(f"CPU threads: {torch.get_num_threads()} (os.cpu_count()={os.cpu_count()})")
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     print("devices: cpu" + "".join(f", cuda:{i} ({n})" for i, n in enumerate(cuda)))
-    print(f"{'backend':<10} {'available':<10} reason")
+    print(f"{'backend':<10} {'available':<10} reason / note")
     for name, st in available_backends().items():
-        print(f"{name:<10} {'yes' if st.available else 'no':<10} {st.reason or ''}")
+        print(f"{name:<10} {'yes' if st.available else 'no':<10} {st.reason or st.note or ''}")
     return 0
 
 
