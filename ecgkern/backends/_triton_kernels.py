@@ -147,6 +147,15 @@ def _w_tile(w, k, H, BH: tl.constexpr, TRANSPOSED: tl.constexpr, ACC: tl.constex
 
 
 @triton.jit
+def _store_gates(p, i, f, g, o, H, m):
+    """Store the four gate tiles of a [.., 4H] row block (gate order i, f, g, o)."""
+    tl.store(p, i, mask=m)
+    tl.store(p + H, f, mask=m)
+    tl.store(p + 2 * H, g, mask=m)
+    tl.store(p + 3 * H, o, mask=m)
+
+
+@triton.jit
 def persistent_forward(xg, w, h0, c0, hs, cs, acts, T, B, H,
                        BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, LOWP: tl.constexpr):
     rb = tl.program_id(0) * BB + tl.arange(0, BB)
@@ -168,11 +177,7 @@ def persistent_forward(xg, w, h0, c0, hs, cs, acts, T, B, H,
         po = tl.load(x + 3 * H, mask=m, other=0).to(ACC) + _dot(h, wo, ACC, LOWP)
         i, f, g, o, c, h = _cell_fwd(pi, pf, pg, po, c)
         h = tl.where(m, h, 0)
-        a = acts + t * B * 4 * H + gt
-        tl.store(a, i, mask=m)
-        tl.store(a + H, f, mask=m)
-        tl.store(a + 2 * H, g, mask=m)
-        tl.store(a + 3 * H, o, mask=m)
+        _store_gates(acts + t * B * 4 * H + gt, i, f, g, o, H, m)
         tl.store(cs + t * B * H + st, c, mask=m)
         tl.store(hs + t * B * H + st, h, mask=m)
 
@@ -210,11 +215,7 @@ def persistent_backward(dhs, dcs, w, c0, cs, acts, dxg, dh0, dc0, T, B, H,
         df = tl.where(m, df, 0)
         dg = tl.where(m, dg, 0)
         do = tl.where(m, do, 0)
-        d = dxg + t * B * 4 * H + gt
-        tl.store(d, di, mask=m)
-        tl.store(d + H, df, mask=m)
-        tl.store(d + 2 * H, dg, mask=m)
-        tl.store(d + 3 * H, do, mask=m)
+        _store_gates(dxg + t * B * 4 * H + gt, di, df, dg, do, H, m)
         dh_rec = _dot(di, wi, ACC, LOWP) + _dot(df, wf, ACC, LOWP) + _dot(dg, wg, ACC, LOWP) + _dot(do, wo, ACC, LOWP)
     tl.store(dh0 + st, dh_rec, mask=m)
     tl.store(dc0 + st, dc, mask=m)
