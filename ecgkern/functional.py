@@ -47,14 +47,13 @@ def reverse_sequences(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
     return x.gather(0, index.unsqueeze(2).expand_as(x))
 
 
-def lstm_layer(x, h0, c0, weights: LayerWeights, *, lengths=None, reverse=False, backend="auto"):
-    """One direction of one layer over time-major ``x`` [T, B, I].
+def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, reverse=False):
+    """One direction of one layer over time-major ``x`` [T, B, I], with a backend's ``recurrence``.
 
     Returns ``(out [T, B, H], h_n [B, H], c_n [B, H])``. With ``lengths``, positions past a
     sequence's end are zero in ``out`` and ``h_n``/``c_n`` are the states at its last valid step.
     """
     w_ih, w_hh, b_ih, b_hh = weights
-    impl = get_backend(backend, x.device, x.dtype)
     mask = None
     if lengths is not None:
         mask = _time_mask(lengths, x.shape[0], x.device)
@@ -63,7 +62,7 @@ def lstm_layer(x, h0, c0, weights: LayerWeights, *, lengths=None, reverse=False,
     if reverse:
         x = reverse_sequences(x, lengths)
     xg = input_projection(x, w_ih, b_ih, b_hh)
-    hs, cs = impl.recurrence(xg, w_hh, h0, c0)
+    hs, cs = recurrence(xg, w_hh, h0, c0)
     if lengths is None:
         h_n, c_n = hs[-1], cs[-1]
     else:
@@ -210,6 +209,8 @@ def lstm(
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}")
 
+    # Resolved once per call, not per layer: availability checks may touch the file system.
+    recurrence = get_backend(backend, input.device, input.dtype).recurrence
     layer_input = input
     h_n, c_n = [], []
     for layer in range(num_layers):
@@ -217,8 +218,8 @@ def lstm(
         for direction in range(num_directions):
             k = layer * num_directions + direction
             out, h, c = lstm_layer(
-                layer_input, h0[k], c0[k], weights[k],
-                lengths=lengths, reverse=direction == 1, backend=backend,
+                layer_input, h0[k], c0[k], weights[k], recurrence,
+                lengths=lengths, reverse=direction == 1,
             )
             outs.append(out)
             h_n.append(h)
