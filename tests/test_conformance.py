@@ -51,6 +51,31 @@ def test_recurrence_saturated_inputs_stay_finite(backend):
             assert torch.isfinite(t).all(), f"{backend}: {name} has NaN/Inf for inputs of magnitude 1e4"
 
 
+def test_recurrence_backward_allocates_linearly_in_T(backend):
+    # A per-step ``xg[t]`` under autograd makes the backward write a whole zero [T, B, 4H]
+    # gradient for every step (quadratic in T: 80 s instead of 0.3 s at T=1024, B=64, H=64).
+    # Here T=256: a quadratic backward allocates ~256x the size of xg, a linear one a few x.
+    from ecgkern.bench.measure import cpu_allocation_deltas
+
+    T, B, H = 256, 4, 8
+    gen = torch.Generator().manual_seed(0)
+    xg = torch.randn(T, B, 4 * H, generator=gen, requires_grad=True)
+    w_hh = (torch.randn(4 * H, H, generator=gen) * 0.3).requires_grad_(True)
+    h0 = torch.zeros(B, H, requires_grad=True)
+    c0 = torch.zeros(B, H, requires_grad=True)
+    hs, cs = _impl(backend).recurrence(xg, w_hh, h0, c0)
+    loss = hs.sum() + cs.sum()
+    deltas = cpu_allocation_deltas(lambda: torch.autograd.grad(loss, (xg, w_hh, h0, c0)))
+    if deltas is None:
+        pytest.skip("torch's profiler does not expose its memory events in this version")
+    allocated = sum(d for d in deltas if d > 0)
+    xg_bytes = xg.numel() * xg.element_size()
+    assert allocated <= 16 * xg_bytes, (
+        f"{backend}: the backward at T={T} allocated {allocated / xg_bytes:.0f}x the size of xg "
+        f"({allocated} bytes): memory work grows faster than linearly in T"
+    )
+
+
 LAYER_CONFIGS = [
     dict(input_size=1, hidden_size=8, num_layers=1, bidirectional=False, batch_first=True),
     dict(input_size=3, hidden_size=17, num_layers=2, bidirectional=True, batch_first=False),

@@ -23,8 +23,10 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
     check_recurrence_args(NAME, xg, w_hh, h0, c0, supports(xg.device.type, xg.dtype))
     h, c = h0, c0
     hs, cs = [], []
-    for t in range(xg.shape[0]):
-        gates = xg[t] + h @ w_hh.t()
+    # unbind, not xg[t]: each indexing's backward would write a whole zero [T, B, 4H] gradient,
+    # making the backward quadratic in T; unbind's backward stacks the step gradients once.
+    for x_t in xg.unbind(0):
+        gates = x_t + h @ w_hh.t()
         i, f, g, o = gates.chunk(4, dim=1)  # gate order i, f, g, o as in torch.nn.LSTM
         i = torch.sigmoid(i)
         f = torch.sigmoid(f)

@@ -102,6 +102,19 @@ def _quiet_stderr():
 def _cpu_peak_memory(fn) -> int | None:
     # tracemalloc does not see torch's allocator and peak RSS never goes down, so we replay the
     # profiler's allocation/free events in time order (the allocator reports every CPU tensor).
+    deltas = cpu_allocation_deltas(fn)
+    if deltas is None:
+        return None
+    live = peak = 0
+    for nbytes in deltas:
+        live += nbytes
+        peak = max(peak, live)
+    return int(peak)
+
+
+def cpu_allocation_deltas(fn) -> list[int] | None:
+    """Bytes of every CPU tensor allocation (+) and free (-) during one call of ``fn``, in time
+    order, from torch's profiler; None where its (private) event API is not available."""
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
@@ -120,11 +133,7 @@ def _cpu_peak_memory(fn) -> int | None:
         )
     except (AttributeError, RuntimeError):  # private API moved: report unknown, not a guess
         return None
-    live = peak = 0
-    for _, nbytes in deltas:
-        live += nbytes
-        peak = max(peak, live)
-    return int(peak)
+    return [nbytes for _, nbytes in deltas]
 
 
 def measure_case(
