@@ -3,12 +3,17 @@
 No timing is asserted here; speed lives in the benchmark results themselves.
 """
 import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ecgkern.bench import main
 from ecgkern.bench import cli, measure
+from ecgkern.bench.allocator import apply as apply_malloc
 from ecgkern.bench.cases import ECG, Case, Shape, build_cases, gemm_flops, parse_dtype, parse_shape, preset_shapes
 from ecgkern.bench.measure import Outcome, measure_case
 from ecgkern.bench.report import SCHEMA, compare, compare_text, load_json
@@ -227,7 +232,9 @@ def test_tiny_run_writes_table_json_and_plots(tiny_run):
         assert b[TORCH]["speedup_vs_nn_lstm"] == 1.0 and b["reference"]["speedup_vs_reference"] == 1.0
         assert b[TORCH]["speedup_vs_reference"] == pytest.approx(b["reference"]["median_s"] / b[TORCH]["median_s"])
         assert b["cuda"]["status"] == "skipped" and "CUDA" in b["cuda"]["reason"]
+    assert env["allocator"]["mode"] == "default"
     md = (tiny_run / "tiny.md").read_text()
+    assert "C heap: the C library's defaults" in md
     assert "B3-T5-I1-H4" in md and "SKIPPED: unavailable" in md and "speedup" in md.lower()
     pngs = sorted(p.name for p in tiny_run.glob("*.png"))
     assert pngs == ["tiny_cpu_float32_roofline.png", "tiny_cpu_float32_speedup_vs_batch.png",
@@ -262,6 +269,11 @@ def test_oom_in_a_run_is_a_table_row(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "make_runner", lambda *a: pytest.fail("resume re-ran a case"))
     assert main(TINY + ["--backends", "reference", "--out", str(tmp_path), "--no-plots", "--resume"]) == 0
     assert len(load_json(tmp_path / "cpu-custom.json")["cases"]) == 2
+    # a file measured with one heap setting is not continued with another
+    capsys.readouterr()
+    assert main(TINY + ["--backends", "reference", "--out", str(tmp_path), "--name", "cpu-custom", "--resume",
+                        "--malloc", "steady"]) == 2
+    assert "measured with --malloc default" in capsys.readouterr().err
 
 
 def test_train_benchmark_smoke(tmp_path):
@@ -275,3 +287,31 @@ def test_train_benchmark_smoke(tmp_path):
     assert ref["sequences_per_s"] == pytest.approx(4 / ref["wall_s"])
     assert train["cuda"]["status"] == "skipped"
     assert "End-to-end training" in (tmp_path / "cpu-train.md").read_text()
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+from ecgkern.bench.allocator import apply
+print(apply(sys.argv[1])["mode"])
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+block = libc.malloc(64 << 20)
+heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+start, end = (int(v, 16) for v in heap[0].split("-")) if heap else (0, 0)
+print(start <= block < end)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not Path("/proc/self/maps").exists(),
+                    reason="--malloc steady uses glibc's mallopt; the probe reads /proc/self/maps")
+@pytest.mark.parametrize("mode, from_heap", [("default", "False"), ("steady", "True")])
+def test_malloc_steady_keeps_big_blocks_off_mmap(mode, from_heap):
+    # glibc maps a 64 MB block on its own by default (and unmaps it on free: page faults on
+    # every call); under --malloc steady it comes from the heap, which is never trimmed.
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [mode, from_heap], f"--malloc {mode}: {out.stdout!r}"
+
+
+def test_malloc_mode_is_checked():
+    with pytest.raises(ValueError, match="unknown --malloc mode 'fast'"):
+        apply_malloc("fast")

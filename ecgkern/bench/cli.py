@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import MODES as MALLOC_MODES, apply as apply_malloc
 from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
 from .report import case_record, compare, compare_text, load_json, markdown, write_json, SCHEMA
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     how.add_argument("--peak-size", type=int, default=None, metavar="N",
                      help="matrix size of the matmul-peak measurement (default 2048 on CPU, 8192 on CUDA)")
+    how.add_argument("--malloc", choices=MALLOC_MODES, default="default",
+                     help="C heap behaviour: default (glibc's: big buffers page-fault on every call) or steady "
+                          "(freed memory stays in the process, as with jemalloc); see benchmarks/README.md")
     how.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     how.add_argument("--seed", type=int, default=0)
     out = p.add_argument_group("output")
@@ -122,7 +126,7 @@ def _modes(text: str) -> list[str]:
 def _default_name(args, devices) -> str:
     kind = "train" if args.train else "quick" if args.quick and not (args.shapes or args.batch) else \
         "full" if not (args.shapes or args.batch) else "custom"
-    return f"{'-'.join(devices)}-{kind}"
+    return f"{'-'.join(devices)}-{kind}" + ("" if args.malloc == "default" else f"-{args.malloc}")
 
 
 def _progress(total: int, disable: bool):
@@ -254,6 +258,7 @@ def _main(args, argv) -> int:
     args.min_repeats = min(args.min_repeats, args.repeats)
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = apply_malloc(args.malloc)  # before anything is allocated for the cases
     devices = _devices(args.device)
     backends, explicit = parse_backends(args.backends)
     cases, dtypes = plan(args, devices)  # bad shapes/dtypes/modes fail here, before anything is measured
@@ -265,11 +270,16 @@ def _main(args, argv) -> int:
     from .env import environment
 
     result = load_json(path) if args.resume and path.exists() else None
+    if result is not None:
+        earlier = (result["environment"].get("allocator") or {}).get("mode", "default")
+        if earlier != args.malloc:
+            raise ValueError(f"{path} was measured with --malloc {earlier}; resume it with the same setting "
+                             f"(not {args.malloc}) or write to another --name")
     if result is None:
         result = {
             "schema": SCHEMA,
             "command": "ecgkern bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
-            "environment": environment(devices),
+            "environment": {**environment(devices), "allocator": allocator},
             "settings": {"repeats": args.repeats, "min_repeats": args.min_repeats, "budget_s": args.budget,
                          "memory_method": None if args.no_memory else
                          "; ".join(f"{d}: {CUDA_MEMORY_METHOD if d == 'cuda' else CPU_MEMORY_METHOD}" for d in devices),

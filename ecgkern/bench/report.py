@@ -102,6 +102,16 @@ def _load(values) -> str:
     return "–" if not values else "/".join(f"{v:.1f}" for v in values)
 
 
+def _allocator(info: dict | None) -> str:
+    if not info:
+        return "not recorded"
+    mode = info.get("mode")
+    text = {"default": "the C library's defaults (large buffers mapped and unmapped per call: page faults count)",
+            "steady": "`--malloc steady` (freed memory kept in the process: repeated calls reuse warm pages)"}.get(mode, str(mode))
+    env = ", ".join(f"{k}={v}" for k, v in (info.get("env") or {}).items())
+    return f"{text}; {info.get('libc')}" + (f"; environment {env}" if env else "")
+
+
 def environment_lines(result: dict) -> list[str]:
     env, st = result["environment"], result.get("settings", {})
     lines = [
@@ -116,6 +126,7 @@ def environment_lines(result: dict) -> list[str]:
         "- backend load in this process (import, plus the JIT build when not cached): "
         + ", ".join(f"{k} {v:.2f} s" for k, v in (env.get("backend_load_s") or {}).items()),
         f"- peak memory: {st.get('memory_method')}",
+        f"- C heap: {_allocator(env.get('allocator'))}",
         "- GFLOP/s counts GEMM FLOPs only (input projection, recurrence and, for fwd+bwd, the weight-gradient "
         "and dh GEMMs); % peak is against the best square `torch.mm` measured in the same run:"
         + "".join(f" {k}: {_fmt(v.get('gflops_best'), '.1f')} GFLOP/s (n={v.get('size')}, best of "
