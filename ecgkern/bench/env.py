@@ -22,13 +22,15 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str | None:
-    """The ecgkern checkout's commit, with ``+dirty`` when it has uncommitted changes."""
+    """The ecgkern checkout's commit, with ``+dirty`` when it has uncommitted changes (result
+    files that benchmark runs write into the checkout don't count: they are not the code)."""
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results", ":(exclude)results"], cwd=root,
                                capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
