@@ -141,7 +141,7 @@ def environment_lines(result: dict) -> list[str]:
 
 def headline_table(result: dict, shape: dict) -> list[str]:
     """The ECG-shape summary: per device/dtype/backend, fwd and fwd+bwd medians and ratios."""
-    rows = ["| device | dtype | backend | fwd | fwd vs nn.LSTM | fwd vs reference | fwd+bwd | fwd+bwd vs nn.LSTM | fwd+bwd vs reference | train-step peak MB |",
+    rows = ["| device | dtype | backend | fwd | fwd vs nn.LSTM | fwd vs reference | fwd+bwd | fwd+bwd vs nn.LSTM | fwd+bwd vs reference | train-step peak MiB |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     by = {(c["device"], c["dtype"], c["mode"]): c for c in result["cases"] if c["shape"] == shape}
     pairs = sorted({(d, t) for d, t, _ in by})
@@ -181,7 +181,7 @@ def detail_table(cases: list[dict]) -> list[str]:
     names = _backend_order(cases)
     # A backend skipped for every shape gets one line, not one per shape.
     always_skipped = {n for n in names if all(c["backends"].get(n, {}).get("status") == "skipped" for c in cases)}
-    rows = ["| shape | backend | median | IQR | n | vs nn.LSTM | vs reference | GFLOP/s | % peak | peak MB | first call |",
+    rows = ["| shape | backend | median | IQR | n | vs nn.LSTM | vs reference | GFLOP/s | % peak | peak MiB | first call |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in always_skipped:
         rec = next(c["backends"][n] for c in cases if n in c["backends"])
