@@ -6,6 +6,7 @@ Usable on your own kernels::
     check_recurrence(my_recurrence)          # (xg, w_hh, h0, c0) -> (hs, cs), each [T, B, H]
     gradcheck_recurrence(my_recurrence)      # float64 torch.autograd.gradcheck
     check_module(my_lstm_module)             # anything with nn.LSTM's attributes and parameter names
+    check_backward_memory(my_recurrence)     # the backward's allocations grow linearly in T (CPU)
 
 The truth is the reference computed in float64 on the same (up-cast) inputs; every check
 raises ``AssertionError`` naming the tensor, the worst element, and by how much it is off.
@@ -129,6 +130,31 @@ def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3)
         if not ok:
             # Run again raising, so the caller sees gradcheck's own report of which entry is off.
             torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
+
+
+def check_backward_memory(recurrence: Recurrence, *, T: int = 256, B: int = 4, H: int = 8, max_ratio: float = 16.0) -> float | None:
+    """Bytes the backward allocates on the CPU, as a multiple of xg's size; at most ``max_ratio``.
+
+    A linear-time backward allocates a few times xg. A per-step ``xg[t]`` under autograd makes
+    it quadratic (each step's backward writes a whole zero [T, B, 4H] gradient: ~T times xg),
+    which no value check sees. Counted from torch's profiler (every CPU tensor allocation);
+    returns None where this torch's profiler does not expose its memory events.
+    """
+    from .bench.measure import cpu_allocation_deltas
+
+    leaves = [t.requires_grad_(True) for t in random_recurrence_inputs(T, B, H, seed=0)]
+    hs, cs = recurrence(*leaves)
+    loss = hs.sum() + cs.sum()
+    deltas = cpu_allocation_deltas(lambda: torch.autograd.grad(loss, leaves))
+    if deltas is None:
+        return None
+    xg = leaves[0]
+    ratio = sum(d for d in deltas if d > 0) / (xg.numel() * xg.element_size())
+    assert ratio <= max_ratio, (
+        f"the backward at T={T}, B={B}, H={H} allocated {ratio:.0f}x the size of xg (limit {max_ratio:g}x): "
+        "its memory work grows faster than linearly in T (a per-step xg[t] under autograd does this)"
+    )
+    return ratio
 
 
 def _reference_twin(module: torch.nn.Module):
