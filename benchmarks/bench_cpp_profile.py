@@ -63,16 +63,10 @@ def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
 
 
 def peak_bytes(fn) -> int:
-    """Peak of live CPU tensor memory during fn: the profiler's allocations and frees, in order."""
-    from torch.profiler import ProfilerActivity, profile
+    """Peak of live CPU tensor memory during fn (the bench's profiler-based measurement)."""
+    from ecgkern.bench.measure import peak_memory
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+    return peak_memory(fn, "cpu")
 
 
 def matmul_peak_gflops(n=2048) -> float:
@@ -116,7 +110,7 @@ def case(T, B, I, H, rounds, with_reference=True):
 
 
 def profile_op(T, B, H, rounds=20):
-    """Where the cpp time goes: the ops alone (no autograd, no projection), and dW_hh's GEMM."""
+    """Where the cpp time goes: the ops alone (no autograd, no projection), and a torch.mm of dW_hh's size for scale."""
     from ecgkern.testing import random_recurrence_inputs
 
     xg, w, h0, c0 = random_recurrence_inputs(T, B, H)
@@ -126,7 +120,7 @@ def profile_op(T, B, H, rounds=20):
         "fwd op": lambda: torch.ops.ecgkern.lstm_recurrence(xg, w, h0, c0),
         "inference op (no gates)": lambda: torch.ops.ecgkern.lstm_recurrence_inference(xg, w, h0, c0),
         "bwd op": lambda: torch.ops.ecgkern.lstm_recurrence_backward(dhs, dcs, w, h0, c0, hs, cs, gates),
-        "dW_hh gemm (part of bwd op)": lambda: torch.mm(gates.view(-1, 4 * H).t(), hs.view(-1, H)),
+        "dW_hh-sized torch.mm (for scale)": lambda: torch.mm(gates.view(-1, 4 * H).t(), hs.view(-1, H)),
     }
     times = interleaved(fns, rounds)
     for k, t in times.items():
