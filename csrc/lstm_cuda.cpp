@@ -105,12 +105,18 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_cuda(const Tensor& xg, const 
     return {hs, cs, gates};
   }
 
-  const Tensor w_t = w_hh.t();                    // [H, 4H] view: h @ W_hh^T
-  Tensor hw = at::empty({B, 4 * H}, xg.options());  // recurrent GEMM output, reused every step
-  Tensor c_state = c0.to(accumulate_type(xg.scalar_type()), /*non_blocking=*/false, /*copy=*/true);
+  // The recurrent GEMM in acc precision (see lstm_cuda_kernels.cuh): float16/bfloat16 feed it
+  // the float32 h_state the kernel keeps and W_hh upcast once; hW stays float32.
+  const at::ScalarType acc = accumulate_type(xg.scalar_type());
+  const bool narrow = acc != xg.scalar_type();
+  const Tensor w_t = (narrow ? w_hh.to(acc) : w_hh).t();  // [H, 4H] view: h @ W_hh^T
+  Tensor hw = at::empty({B, 4 * H}, xg.options().dtype(acc));  // recurrent GEMM output, reused every step
+  Tensor c_state = c0.to(acc, /*non_blocking=*/false, /*copy=*/true);
+  Tensor h_state = narrow ? h0.to(acc) : Tensor();
   for (int64_t t = 0; t < T; ++t) {
-    at::mm_out(hw, t == 0 ? h0 : hs.select(0, t - 1), w_t);
+    at::mm_out(hw, narrow ? h_state : t == 0 ? h0 : hs.select(0, t - 1), w_t);
     const kern::PointwiseForwardArgs args{step_ptr<const void*>(xg, t, B * 4 * H), hw.data_ptr(), c_state.data_ptr(),
+                                          narrow ? h_state.data_ptr() : nullptr,
                                           step_ptr<void*>(hs, t, B * H), step_ptr<void*>(cs, t, B * H),
                                           step_ptr<void*>(gates, t, B * 4 * H), B, H};
     C10_CUDA_CHECK(kern::pointwise_forward(dtype, args, stream));
@@ -146,17 +152,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_recurrence_backward_cuda(const T
                                             dc0.data_ptr(), T, B, H};
     C10_CUDA_CHECK(kern::persistent_backward(dtype, args, stream));
   } else {
-    Tensor dc_state = at::zeros({B, H}, gates.options().dtype(accumulate_type(gates.scalar_type())));
-    Tensor dh_rec = at::empty({B, H}, gates.options());  // dxg[t+1] @ W_hh
+    const at::ScalarType acc = accumulate_type(gates.scalar_type());
+    const bool narrow = acc != gates.scalar_type();  // GEMM in float32 on dgates_state, as forward
+    const Tensor w_acc = narrow ? w_hh.to(acc) : w_hh;
+    Tensor dgates_state = narrow ? at::empty({B, 4 * H}, gates.options().dtype(acc)) : Tensor();
+    Tensor dc_state = at::zeros({B, H}, gates.options().dtype(acc));
+    Tensor dh_rec = at::empty({B, H}, gates.options().dtype(acc));  // dgates_{t+1} @ W_hh
     for (int64_t t = T - 1; t >= 0; --t) {
       const kern::PointwiseBackwardArgs args{
           step_ptr<const void*>(dhs, t, B * H), t == T - 1 ? nullptr : dh_rec.data_ptr(),
           step_ptr<const void*>(dcs, t, B * H), dc_state.data_ptr(), step_ptr<const void*>(gates, t, B * 4 * H),
           step_ptr<const void*>(cs, t, B * H), t == 0 ? c0.data_ptr() : step_ptr<const void*>(cs, t - 1, B * H),
-          step_ptr<void*>(dxg, t, B * 4 * H), B, H};
+          step_ptr<void*>(dxg, t, B * 4 * H), narrow ? dgates_state.data_ptr() : nullptr, B, H};
       C10_CUDA_CHECK(kern::pointwise_backward(dtype, args, stream));
-      at::mm_out(t == 0 ? dh0 : dh_rec, dxg.select(0, t), w_hh);
+      at::mm_out(dh_rec, narrow ? dgates_state : dxg.select(0, t), w_acc);
     }
+    dh0.copy_(dh_rec);
     dc0.copy_(dc_state);
   }
 

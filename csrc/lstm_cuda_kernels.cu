@@ -3,7 +3,8 @@
 //
 // Strategy (a), any hidden size: per step the binding runs the recurrent GEMM through ATen
 // (cuBLAS), then ONE fused pointwise kernel does the gate math (forward) or the gate-gradient
-// math (backward).
+// math (backward). For float16/bfloat16 those kernels also keep float32 copies of h_t and of
+// the gate gradients, the operands of the next float32 GEMM, as the persistent kernels do.
 // Strategy (b), hidden <= 64: one persistent launch runs every step. One block per batch row
 // (rows are independent, so blocks never wait on each other), W_hh held in registers, the
 // state in shared memory, two block barriers per step.
@@ -105,9 +106,9 @@ __device__ __forceinline__ void for_each_unit(int64_t batch, int64_t hidden, F&&
 
 template <typename S>
 __global__ void __launch_bounds__(kPointwiseThreads)
-pointwise_forward_kernel(const S* __restrict__ xg, const S* __restrict__ hw, acc_t<S>* __restrict__ c_state,
-                         S* __restrict__ h_out, S* __restrict__ c_out, S* __restrict__ gates,
-                         int64_t batch, int64_t hidden) {
+pointwise_forward_kernel(const S* __restrict__ xg, const acc_t<S>* __restrict__ hw, acc_t<S>* __restrict__ c_state,
+                         acc_t<S>* __restrict__ h_state, S* __restrict__ h_out, S* __restrict__ c_out,
+                         S* __restrict__ gates, int64_t batch, int64_t hidden) {
   using A = acc_t<S>;
   for_each_unit(batch, hidden, [&](int64_t idx, int64_t row) {
     const A pi = load(xg + row) + load(hw + row);
@@ -116,6 +117,7 @@ pointwise_forward_kernel(const S* __restrict__ xg, const S* __restrict__ hw, acc
     const A po = load(xg + row + 3 * hidden) + load(hw + row + 3 * hidden);
     const CellForward<A> r = cell_forward(pi, pf, pg, po, c_state[idx]);
     c_state[idx] = r.c;
+    if (h_state != nullptr) h_state[idx] = r.h;
     store(c_out + idx, r.c);
     store(h_out + idx, r.h);
     store(gates + row, r.i);
@@ -127,12 +129,13 @@ pointwise_forward_kernel(const S* __restrict__ xg, const S* __restrict__ hw, acc
 
 template <typename S>
 __global__ void __launch_bounds__(kPointwiseThreads)
-pointwise_backward_kernel(const S* __restrict__ dh_out, const S* __restrict__ dh_rec, const S* __restrict__ dc_out,
-                          acc_t<S>* __restrict__ dc_state, const S* __restrict__ gates, const S* __restrict__ c,
-                          const S* __restrict__ c_prev, S* __restrict__ dxg, int64_t batch, int64_t hidden) {
+pointwise_backward_kernel(const S* __restrict__ dh_out, const acc_t<S>* __restrict__ dh_rec,
+                          const S* __restrict__ dc_out, acc_t<S>* __restrict__ dc_state, const S* __restrict__ gates,
+                          const S* __restrict__ c, const S* __restrict__ c_prev, S* __restrict__ dxg,
+                          acc_t<S>* __restrict__ dgates_state, int64_t batch, int64_t hidden) {
   using A = acc_t<S>;
   for_each_unit(batch, hidden, [&](int64_t idx, int64_t row) {
-    const A dh = load(dh_out + idx) + (dh_rec != nullptr ? load(dh_rec + idx) : A(0));
+    const A dh = load(dh_out + idx) + (dh_rec != nullptr ? dh_rec[idx] : A(0));
     const A dc = load(dc_out + idx) + dc_state[idx];
     const CellBackward<A> r = cell_backward(load(gates + row), load(gates + row + hidden), load(gates + row + 2 * hidden),
                                             load(gates + row + 3 * hidden), load(c + idx), load(c_prev + idx), dh, dc);
@@ -141,6 +144,12 @@ pointwise_backward_kernel(const S* __restrict__ dh_out, const S* __restrict__ dh
     store(dxg + row + hidden, r.df);
     store(dxg + row + 2 * hidden, r.dg);
     store(dxg + row + 3 * hidden, r.d_o);
+    if (dgates_state != nullptr) {
+      dgates_state[row] = r.di;
+      dgates_state[row + hidden] = r.df;
+      dgates_state[row + 2 * hidden] = r.dg;
+      dgates_state[row + 3 * hidden] = r.d_o;
+    }
   });
 }
 
@@ -361,8 +370,9 @@ cudaError_t pointwise_forward(Dtype dtype, const PointwiseForwardArgs& a, cudaSt
   return dispatch(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     pointwise_forward_kernel<S><<<pointwise_blocks(a.batch * a.hidden), kPointwiseThreads, 0, stream>>>(
-        static_cast<const S*>(a.xg), static_cast<const S*>(a.hw), static_cast<acc_t<S>*>(a.c_state),
-        static_cast<S*>(a.h_out), static_cast<S*>(a.c_out), static_cast<S*>(a.gates_out), a.batch, a.hidden);
+        static_cast<const S*>(a.xg), static_cast<const acc_t<S>*>(a.hw), static_cast<acc_t<S>*>(a.c_state),
+        static_cast<acc_t<S>*>(a.h_state), static_cast<S*>(a.h_out), static_cast<S*>(a.c_out),
+        static_cast<S*>(a.gates_out), a.batch, a.hidden);
     return cudaGetLastError();
   });
 }
@@ -372,9 +382,10 @@ cudaError_t pointwise_backward(Dtype dtype, const PointwiseBackwardArgs& a, cuda
   return dispatch(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     pointwise_backward_kernel<S><<<pointwise_blocks(a.batch * a.hidden), kPointwiseThreads, 0, stream>>>(
-        static_cast<const S*>(a.dh_out), static_cast<const S*>(a.dh_rec), static_cast<const S*>(a.dc_out),
+        static_cast<const S*>(a.dh_out), static_cast<const acc_t<S>*>(a.dh_rec), static_cast<const S*>(a.dc_out),
         static_cast<acc_t<S>*>(a.dc_state), static_cast<const S*>(a.gates), static_cast<const S*>(a.c),
-        static_cast<const S*>(a.c_prev), static_cast<S*>(a.dxg), a.batch, a.hidden);
+        static_cast<const S*>(a.c_prev), static_cast<S*>(a.dxg), static_cast<acc_t<S>*>(a.dgates_state),
+        a.batch, a.hidden);
     return cudaGetLastError();
   });
 }
