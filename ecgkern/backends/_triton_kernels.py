@@ -69,7 +69,7 @@ def _cell_bwd(dh, dc, i, f, g, o, c, c_prev):
 @triton.jit
 def step_forward(gates, c_prev, h_out, c_out, act_out, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """gates [B, 4H] pre-activation, c_prev [B, H] -> h_out, c_out [B, H], act_out [B, 4H]."""
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    idx = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)  # b * 4H overflows int32 for B*4H >= 2^31
     m = idx < N
     b = idx // H
     j = idx - b * H
@@ -92,7 +92,7 @@ def step_forward(gates, c_prev, h_out, c_out, act_out, N, H, BLOCK: tl.constexpr
 def step_backward(dh_out, dh_rec, dc_out, dc, act, c, c_prev, dgates, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """dh = dh_out + dh_rec, dc (carry, in/out: dc_out is added, dc_{t-1} is written back),
     act [B, 4H], c, c_prev [B, H] -> dgates [B, 4H] (pre-activation)."""
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    idx = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     b = idx // H
     j = idx - b * H
@@ -116,6 +116,20 @@ def step_backward(dh_out, dh_rec, dc_out, dc, act, c, c_prev, dgates, N, H, BLOC
 # --------------------------------------------------------------------------------------------
 # Persistent kernels: one program per BB batch rows runs all T steps; W_hh stays on-chip.
 # BH = next power of two >= H (>= 16 for tl.dot); padded rows/columns are masked to zero.
+# Offsets: the large parts (step t, first row of the program) are int64 scalars added to the
+# base pointers once per step, since t*B*4H reaches 2^31 on long sequences and large batches;
+# the per-element offsets inside a program's [BB, 4H] block stay small int32 tensors.
+
+
+@triton.jit
+def _row_block_offsets(B, H, BB: tl.constexpr, BH: tl.constexpr):
+    """This program's first batch row (int64) and, relative to it, the mask and the int32
+    offsets of a [BB, BH] tile in a [B, H] state and of gate i in a [B, 4H] row block."""
+    row0 = tl.cast(tl.program_id(0), tl.int64) * BB
+    rb = tl.arange(0, BB)
+    rh = tl.arange(0, BH)
+    m = ((row0 + rb)[:, None] < B) & (rh[None, :] < H)
+    return row0, m, rb[:, None] * H + rh[None, :], rb[:, None] * 4 * H + rh[None, :]
 
 
 @triton.jit
@@ -158,11 +172,14 @@ def _store_gates(p, i, f, g, o, H, m):
 @triton.jit
 def persistent_forward(xg, w, h0, c0, hs, cs, acts, T, B, H,
                        BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, LOWP: tl.constexpr):
-    rb = tl.program_id(0) * BB + tl.arange(0, BB)
-    rh = tl.arange(0, BH)
-    m = (rb[:, None] < B) & (rh[None, :] < H)
-    st = rb[:, None] * H + rh[None, :]          # offsets in a [B, H] state
-    gt = rb[:, None] * 4 * H + rh[None, :]      # offsets of gate i in a [B, 4H] row block
+    row0, m, st, gt = _row_block_offsets(B, H, BB, BH)
+    state_step = tl.cast(B, tl.int64) * H             # elements per step of a [T, B, H] tensor
+    h0 += row0 * H
+    c0 += row0 * H
+    hs += row0 * H
+    cs += row0 * H
+    xg += row0 * 4 * H
+    acts += row0 * 4 * H
     wi = _w_tile(w, 0, H, BH, True, ACC, LOWP)
     wf = _w_tile(w, 1, H, BH, True, ACC, LOWP)
     wg = _w_tile(w, 2, H, BH, True, ACC, LOWP)
@@ -170,26 +187,32 @@ def persistent_forward(xg, w, h0, c0, hs, cs, acts, T, B, H,
     h = tl.load(h0 + st, mask=m, other=0).to(ACC)
     c = tl.load(c0 + st, mask=m, other=0).to(ACC)
     for t in range(T):
-        x = xg + t * B * 4 * H + gt
+        t64 = tl.cast(t, tl.int64)
+        x = xg + t64 * 4 * state_step + gt
         pi = tl.load(x, mask=m, other=0).to(ACC) + _dot(h, wi, ACC, LOWP)
         pf = tl.load(x + H, mask=m, other=0).to(ACC) + _dot(h, wf, ACC, LOWP)
         pg = tl.load(x + 2 * H, mask=m, other=0).to(ACC) + _dot(h, wg, ACC, LOWP)
         po = tl.load(x + 3 * H, mask=m, other=0).to(ACC) + _dot(h, wo, ACC, LOWP)
         i, f, g, o, c, h = _cell_fwd(pi, pf, pg, po, c)
         h = tl.where(m, h, 0)
-        _store_gates(acts + t * B * 4 * H + gt, i, f, g, o, H, m)
-        tl.store(cs + t * B * H + st, c, mask=m)
-        tl.store(hs + t * B * H + st, h, mask=m)
+        _store_gates(acts + t64 * 4 * state_step + gt, i, f, g, o, H, m)
+        tl.store(cs + t64 * state_step + st, c, mask=m)
+        tl.store(hs + t64 * state_step + st, h, mask=m)
 
 
 @triton.jit
 def persistent_backward(dhs, dcs, w, c0, cs, acts, dxg, dh0, dc0, T, B, H,
                         BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, LOWP: tl.constexpr):
-    rb = tl.program_id(0) * BB + tl.arange(0, BB)
-    rh = tl.arange(0, BH)
-    m = (rb[:, None] < B) & (rh[None, :] < H)
-    st = rb[:, None] * H + rh[None, :]
-    gt = rb[:, None] * 4 * H + rh[None, :]
+    row0, m, st, gt = _row_block_offsets(B, H, BB, BH)
+    state_step = tl.cast(B, tl.int64) * H
+    dhs += row0 * H
+    dcs += row0 * H
+    c0 += row0 * H
+    cs += row0 * H
+    dh0 += row0 * H
+    dc0 += row0 * H
+    acts += row0 * 4 * H
+    dxg += row0 * 4 * H
     wi = _w_tile(w, 0, H, BH, False, ACC, LOWP)
     wf = _w_tile(w, 1, H, BH, False, ACC, LOWP)
     wg = _w_tile(w, 2, H, BH, False, ACC, LOWP)
@@ -198,24 +221,25 @@ def persistent_backward(dhs, dcs, w, c0, cs, acts, dxg, dh0, dc0, T, B, H,
     dc = tl.full((BB, BH), 0, dtype=ACC)
     for s in range(T):
         t = T - 1 - s
-        a = acts + t * B * 4 * H + gt
+        t64 = tl.cast(t, tl.int64)
+        a = acts + t64 * 4 * state_step + gt
         i = tl.load(a, mask=m, other=0).to(ACC)
         f = tl.load(a + H, mask=m, other=0).to(ACC)
         g = tl.load(a + 2 * H, mask=m, other=0).to(ACC)
         o = tl.load(a + 3 * H, mask=m, other=0).to(ACC)
-        c = tl.load(cs + t * B * H + st, mask=m, other=0).to(ACC)
+        c = tl.load(cs + t64 * state_step + st, mask=m, other=0).to(ACC)
         # c_{t-1}: from cs for t > 0, from c0 at t = 0 (the other load is masked off).
         tt = t + tl.full((BB, BH), 0, dtype=tl.int32)
-        cp = tl.load(cs + (t - 1) * B * H + st, mask=m & (tt > 0), other=0).to(ACC) \
+        cp = tl.load(cs + (t64 - 1) * state_step + st, mask=m & (tt > 0), other=0).to(ACC) \
             + tl.load(c0 + st, mask=m & (tt == 0), other=0).to(ACC)
-        dh = tl.load(dhs + t * B * H + st, mask=m, other=0).to(ACC) + dh_rec
-        dc = tl.load(dcs + t * B * H + st, mask=m, other=0).to(ACC) + dc
+        dh = tl.load(dhs + t64 * state_step + st, mask=m, other=0).to(ACC) + dh_rec
+        dc = tl.load(dcs + t64 * state_step + st, mask=m, other=0).to(ACC) + dc
         di, df, dg, do, dc = _cell_bwd(dh, dc, i, f, g, o, c, cp)
         di = tl.where(m, di, 0)
         df = tl.where(m, df, 0)
         dg = tl.where(m, dg, 0)
         do = tl.where(m, do, 0)
-        _store_gates(dxg + t * B * 4 * H + gt, di, df, dg, do, H, m)
+        _store_gates(dxg + t64 * 4 * state_step + gt, di, df, dg, do, H, m)
         dh_rec = _dot(di, wi, ACC, LOWP) + _dot(df, wf, ACC, LOWP) + _dot(dg, wg, ACC, LOWP) + _dot(do, wo, ACC, LOWP)
     tl.store(dh0 + st, dh_rec, mask=m)
     tl.store(dc0 + st, dc, mask=m)
