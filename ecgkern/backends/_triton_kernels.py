@@ -69,11 +69,11 @@ def _cell_bwd(dh, dc, i, f, g, o, c, c_prev):
 @triton.jit
 def step_forward(gates, c_prev, h_out, c_out, act_out, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """gates [B, 4H] pre-activation, c_prev [B, H] -> h_out, c_out [B, H], act_out [B, 4H]."""
-    idx = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)  # b * 4H overflows int32 for B*4H >= 2^31
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     b = idx // H
     j = idx - b * H
-    gi = b * 4 * H + j
+    gi = tl.cast(b, tl.int64) * 4 * H + j  # B*4H may reach 2^31 where B*H does not
     pi = tl.load(gates + gi, mask=m, other=0).to(ACC)
     pf = tl.load(gates + gi + H, mask=m, other=0).to(ACC)
     pg = tl.load(gates + gi + 2 * H, mask=m, other=0).to(ACC)
@@ -92,11 +92,11 @@ def step_forward(gates, c_prev, h_out, c_out, act_out, N, H, BLOCK: tl.constexpr
 def step_backward(dh_out, dh_rec, dc_out, dc, act, c, c_prev, dgates, N, H, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """dh = dh_out + dh_rec, dc (carry, in/out: dc_out is added, dc_{t-1} is written back),
     act [B, 4H], c, c_prev [B, H] -> dgates [B, 4H] (pre-activation)."""
-    idx = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = idx < N
     b = idx // H
     j = idx - b * H
-    gi = b * 4 * H + j
+    gi = tl.cast(b, tl.int64) * 4 * H + j  # B*4H may reach 2^31 where B*H does not
     dh_t = tl.load(dh_out + idx, mask=m, other=0).to(ACC) + tl.load(dh_rec + idx, mask=m, other=0).to(ACC)
     dc_t = tl.load(dc_out + idx, mask=m, other=0).to(ACC) + tl.load(dc + idx, mask=m, other=0).to(ACC)
     i = tl.load(act + gi, mask=m, other=0).to(ACC)
@@ -116,15 +116,17 @@ def step_backward(dh_out, dh_rec, dc_out, dc, act, c, c_prev, dgates, N, H, BLOC
 # --------------------------------------------------------------------------------------------
 # Persistent kernels: one program per BB batch rows runs all T steps; W_hh stays on-chip.
 # BH = next power of two >= H (>= 16 for tl.dot); padded rows/columns are masked to zero.
-# Offsets: the large parts (step t, first row of the program) are int64 scalars added to the
-# base pointers once per step, since t*B*4H reaches 2^31 on long sequences and large batches;
-# the per-element offsets inside a program's [BB, 4H] block stay small int32 tensors.
+# Offsets: t*B*4H reaches 2^31 on long sequences with large batches, so the step's row
+# t*B (int32: T*B, a row count, stays below 2^31) is widened to int64 before it is scaled by
+# H or 4H; each program's base pointers start at its first row, so the per-element offsets
+# inside its [BB, 4H] block stay small int32. (Widening t itself, the loop counter, costs the
+# float32 forward ~200 bytes more of spills on sm_90.)
 
 
 @triton.jit
-def _row_block_offsets(B, H, BB: tl.constexpr, BH: tl.constexpr):
-    """This program's first batch row (int64) and, relative to it, the mask and the int32
-    offsets of a [BB, BH] tile in a [B, H] state and of gate i in a [B, 4H] row block."""
+def _row_block(B, H, BB: tl.constexpr, BH: tl.constexpr):
+    """This program's first batch row (int64), the mask of its [BB, BH] tile, and the tile's
+    int32 offsets relative to that row: in a [B, H] state and of gate i in a [B, 4H] block."""
     row0 = tl.cast(tl.program_id(0), tl.int64) * BB
     rb = tl.arange(0, BB)
     rh = tl.arange(0, BH)
@@ -172,14 +174,13 @@ def _store_gates(p, i, f, g, o, H, m):
 @triton.jit
 def persistent_forward(xg, w, h0, c0, hs, cs, acts, T, B, H,
                        BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, LOWP: tl.constexpr):
-    row0, m, st, gt = _row_block_offsets(B, H, BB, BH)
-    state_step = tl.cast(B, tl.int64) * H             # elements per step of a [T, B, H] tensor
-    h0 += row0 * H
-    c0 += row0 * H
-    hs += row0 * H
-    cs += row0 * H
+    row0, m, st, gt = _row_block(B, H, BB, BH)
     xg += row0 * 4 * H
     acts += row0 * 4 * H
+    hs += row0 * H
+    cs += row0 * H
+    h0 += row0 * H
+    c0 += row0 * H
     wi = _w_tile(w, 0, H, BH, True, ACC, LOWP)
     wf = _w_tile(w, 1, H, BH, True, ACC, LOWP)
     wg = _w_tile(w, 2, H, BH, True, ACC, LOWP)
@@ -187,32 +188,31 @@ def persistent_forward(xg, w, h0, c0, hs, cs, acts, T, B, H,
     h = tl.load(h0 + st, mask=m, other=0).to(ACC)
     c = tl.load(c0 + st, mask=m, other=0).to(ACC)
     for t in range(T):
-        t64 = tl.cast(t, tl.int64)
-        x = xg + t64 * 4 * state_step + gt
+        tb = tl.cast(t * B, tl.int64)  # first row of step t
+        x = xg + tb * 4 * H + gt
         pi = tl.load(x, mask=m, other=0).to(ACC) + _dot(h, wi, ACC, LOWP)
         pf = tl.load(x + H, mask=m, other=0).to(ACC) + _dot(h, wf, ACC, LOWP)
         pg = tl.load(x + 2 * H, mask=m, other=0).to(ACC) + _dot(h, wg, ACC, LOWP)
         po = tl.load(x + 3 * H, mask=m, other=0).to(ACC) + _dot(h, wo, ACC, LOWP)
         i, f, g, o, c, h = _cell_fwd(pi, pf, pg, po, c)
         h = tl.where(m, h, 0)
-        _store_gates(acts + t64 * 4 * state_step + gt, i, f, g, o, H, m)
-        tl.store(cs + t64 * state_step + st, c, mask=m)
-        tl.store(hs + t64 * state_step + st, h, mask=m)
+        _store_gates(acts + tb * 4 * H + gt, i, f, g, o, H, m)
+        tl.store(cs + tb * H + st, c, mask=m)
+        tl.store(hs + tb * H + st, h, mask=m)
 
 
 @triton.jit
 def persistent_backward(dhs, dcs, w, c0, cs, acts, dxg, dh0, dc0, T, B, H,
                         BB: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr, LOWP: tl.constexpr):
-    row0, m, st, gt = _row_block_offsets(B, H, BB, BH)
-    state_step = tl.cast(B, tl.int64) * H
-    dhs += row0 * H
-    dcs += row0 * H
-    c0 += row0 * H
-    cs += row0 * H
-    dh0 += row0 * H
-    dc0 += row0 * H
+    row0, m, st, gt = _row_block(B, H, BB, BH)
     acts += row0 * 4 * H
     dxg += row0 * 4 * H
+    dhs += row0 * H
+    dcs += row0 * H
+    cs += row0 * H
+    c0 += row0 * H
+    dh0 += row0 * H
+    dc0 += row0 * H
     wi = _w_tile(w, 0, H, BH, False, ACC, LOWP)
     wf = _w_tile(w, 1, H, BH, False, ACC, LOWP)
     wg = _w_tile(w, 2, H, BH, False, ACC, LOWP)
@@ -221,25 +221,25 @@ def persistent_backward(dhs, dcs, w, c0, cs, acts, dxg, dh0, dc0, T, B, H,
     dc = tl.full((BB, BH), 0, dtype=ACC)
     for s in range(T):
         t = T - 1 - s
-        t64 = tl.cast(t, tl.int64)
-        a = acts + t64 * 4 * state_step + gt
+        tb = tl.cast(t * B, tl.int64)
+        a = acts + tb * 4 * H + gt
         i = tl.load(a, mask=m, other=0).to(ACC)
         f = tl.load(a + H, mask=m, other=0).to(ACC)
         g = tl.load(a + 2 * H, mask=m, other=0).to(ACC)
         o = tl.load(a + 3 * H, mask=m, other=0).to(ACC)
-        c = tl.load(cs + t64 * state_step + st, mask=m, other=0).to(ACC)
+        c = tl.load(cs + tb * H + st, mask=m, other=0).to(ACC)
         # c_{t-1}: from cs for t > 0, from c0 at t = 0 (the other load is masked off).
         tt = t + tl.full((BB, BH), 0, dtype=tl.int32)
-        cp = tl.load(cs + (t64 - 1) * state_step + st, mask=m & (tt > 0), other=0).to(ACC) \
+        cp = tl.load(cs + (tb - B) * H + st, mask=m & (tt > 0), other=0).to(ACC) \
             + tl.load(c0 + st, mask=m & (tt == 0), other=0).to(ACC)
-        dh = tl.load(dhs + t64 * state_step + st, mask=m, other=0).to(ACC) + dh_rec
-        dc = tl.load(dcs + t64 * state_step + st, mask=m, other=0).to(ACC) + dc
+        dh = tl.load(dhs + tb * H + st, mask=m, other=0).to(ACC) + dh_rec
+        dc = tl.load(dcs + tb * H + st, mask=m, other=0).to(ACC) + dc
         di, df, dg, do, dc = _cell_bwd(dh, dc, i, f, g, o, c, cp)
         di = tl.where(m, di, 0)
         df = tl.where(m, df, 0)
         dg = tl.where(m, dg, 0)
         do = tl.where(m, do, 0)
-        _store_gates(dxg + t64 * 4 * state_step + gt, di, df, dg, do, H, m)
+        _store_gates(dxg + tb * 4 * H + gt, di, df, dg, do, H, m)
         dh_rec = _dot(di, wi, ACC, LOWP) + _dot(df, wf, ACC, LOWP) + _dot(dg, wg, ACC, LOWP) + _dot(do, wo, ACC, LOWP)
     tl.store(dh0 + st, dh_rec, mask=m)
     tl.store(dc0 + st, dc, mask=m)
