@@ -1,73 +1,162 @@
 #!/usr/bin/env bash
-# One command for a GPU session: validate and benchmark the cuda backend (issue 7).
+# One call on a lent GPU: check, build, validate and benchmark the cuda and triton backends.
 #
-#   bash benchmarks/gpu/run.sh            # writes into $OUT (or benchmarks/results/gpu-<date>)
+#   bash benchmarks/gpu/run.sh                 # every stage, in order, inside one deadline
+#   bash benchmarks/gpu/run.sh conform bench   # only these stages (a rerun of what failed)
 #
-# Stages, each time-boxed; a failing stage is recorded and the others still run:
-#   1. ceilings   GPU/driver/torch/cuDNN versions, extension build time, copy bandwidth, GEMM rates
-#   2. tests      pytest tests/test_cuda_backend.py (conformance, gradcheck, opcheck, compile, ...)
-#   3. conform    cuda (both strategies) + triton vs the float64 reference
-#   4. memcheck   compute-sanitizer memcheck on a small forward+backward (no caching allocator)
-#   5. racecheck  compute-sanitizer racecheck on the same
-#   6. bench      ecgkern bench: ECG shape, B256/H256/T140, B16/H768/T1024; fp32 + bf16; cuda and
-#                 triton vs cuDNN nn.LSTM and the reference loop; then the ECG shape with the fused
-#                 strategy forced; summary.md gets the cuda rows against the measured ceilings
-# Sized for < 8 minutes on an H100. Output (<= 8 files): gpu_checks.log, ceilings.json,
-# summary.md, bench-cuda.{json,md}, bench-cuda-fused.{json,md}.
+# Stages, most valuable first; each has a time limit, clipped to what is left of the deadline
+# (ECGKERN_GPU_DEADLINE_S, default 420 s: one device call of timeout_s=480 fits with room):
+#   env       versions, TF32 flags, sanitizer, runtime (firecracker or gvisor); needs no GPU
+#   build     copy/GEMM ceilings, the cuda extension's JIT build, a smoke test (both
+#             strategies, float32/bfloat16, forward and backward)
+#   conform   cuda, both strategies: float32, float64, bfloat16, float16, gradcheck, saturated
+#             gates, strategies agree in half precision, the module, autocast vs nn.LSTM
+#   bench     ecgkern bench at B64/T140/H64, B256/T140/H256, B16/T1024/H768; float32 and
+#             bfloat16; fwd and fwd+bwd; cuda and triton vs cuDNN nn.LSTM and the reference;
+#             then the ECG shape with the cuda fused strategy forced
+#   kernel    ECG shape: GPU busy time and graph replay, cuda vs cuDNN; nn.LSTM float32 with
+#             cuDNN TF32 on and off at the three shapes
+#   sanitize  compute-sanitizer memcheck and racecheck on the ecgkern kernels ("not run" where
+#             the runtime refuses the sanitizer, as gVisor does)
+#   tests     pytest tests/test_cuda_backend.py
+#   triton    triton conformance (many cold compiles: last), offsets past 2^31 elements
+#
+# Output in $OUT (default benchmarks/results/gpu-<date>), at most 8 files: summary.md (always
+# written, also when the call is cut short), run.log, ceilings.json (env, ceilings, build,
+# smoke and kernel sections; written before the build), bench-gpu.{json,md},
+# bench-cuda-fused.{json,md}. Exit status 1 if a stage failed or ran out of time.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 out="${OUT:-$root/benchmarks/results/gpu-$(date -u +%Y%m%dT%H%M)}"
 mkdir -p "$out"
-log="$out/gpu_checks.log"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+log="$out/run.log"
+result="$out/ceilings.json"
+deadline=$((SECONDS + ${ECGKERN_GPU_DEADLINE_S:-420}))
+reserve=20  # seconds kept back for the summary
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export ECGKERN_CACHE_DIR="${ECGKERN_CACHE_DIR:-/tmp/ecgkern-cache}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 python="${PYTHON:-python3}"
-if [[ -z "${CUDA_HOME:-}" ]]; then  # `nvcc` on PATH may be a wrapper outside the toolkit
+if [[ -z "${CUDA_HOME:-}" ]] && command -v nvcc >/dev/null; then  # `nvcc` on PATH may be a wrapper
   : >/tmp/ecgkern-empty.cu
   CUDA_HOME="$(nvcc --dryrun -c /tmp/ecgkern-empty.cu -o /tmp/ecgkern-empty.o 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)"
   [[ -n "$CUDA_HOME" ]] && export CUDA_HOME="$(readlink -f "$CUDA_HOME")" || unset CUDA_HOME
 fi
 sanitizer="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
-declare -A rc seconds
+export ECGKERN_SANITIZER="$sanitizer"
+# The bench's entry point: `python -m ecgkern bench` where the package has a __main__, else
+# the bench package itself (same parser, same flags).
+if [[ -f ecgkern/__main__.py ]]; then bench_cmd=(-m ecgkern bench); else bench_cmd=(-m ecgkern.bench); fi
 
-stage() {  # stage NAME LIMIT_S COMMAND...
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  echo "=== $name (limit ${limit}s): $*" | tee -a "$log"
-  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
-  rc[$name]=$?
+all_stages=(env build conform bench kernel sanitize tests triton)
+declare -A limit=([env]=25 [build]=150 [conform]=60 [bench]=150 [kernel]=40 [sanitize]=70 [tests]=90 [triton]=120)
+declare -A status seconds
+stages=("$@")
+[[ ${#stages[@]} == 0 ]] && stages=("${all_stages[@]}")
+for name in "${stages[@]}"; do
+  [[ -n "${limit[$name]:-}" ]] || { echo "unknown stage '$name'; stages: ${all_stages[*]}" >&2; exit 2; }
+done
+
+summary() {  # always: on a normal end, on an error, and on SIGTERM/SIGINT
+  trap - EXIT TERM INT
+  if [[ ! -s "$result" ]]; then
+    printf '{"error": "no stage wrote results (run.sh stopped before the env stage finished)"}\n' >"$result"
+  fi
+  {
+    echo "# ecgkern on $( (nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU") | head -n 1)"
+    echo
+    echo "$(date -u +%FT%TZ); runtime: $(sed -n 's/^runtime: //p' "$log" | head -n 1); deadline ${ECGKERN_GPU_DEADLINE_S:-420} s, used $SECONDS s"
+    echo
+    echo "| stage | result | seconds |"
+    echo "|---|---|---|"
+    for name in "${stages[@]}"; do echo "| $name | ${status[$name]:-not reached} | ${seconds[$name]:-} |"; done
+    echo
+    grep -E '^(PASS|FAIL|NOT RUN)|passed|failed|error' "$log" | grep -v '^===' | tail -n 40 | sed 's/^/    /'
+    echo
+    timeout 20 "$python" benchmarks/gpu/checks.py roofline "$result" "$out/bench-gpu.json" "$out/bench-cuda-fused.json" 2>&1
+    echo
+    echo "Details: run.log; versions, ceilings, build, smoke, kernel-only times: ceilings.json;"
+    echo "timings: bench-gpu.md (cuda strategy auto: persistent for H <= 64) and bench-cuda-fused.md."
+  } >"$out/summary.md" 2>&1
+  cat "$out/summary.md"
+  local failed=0 name
+  for name in "${stages[@]}"; do [[ "${status[$name]:-}" == pass || "${status[$name]:-}" == "not run"* ]] || failed=1; done
+  [[ "$have_gpu" == no ]] && failed=1  # nothing that matters ran
+  exit $failed
+}
+trap summary EXIT
+trap 'echo "=== interrupted" >>"$log"; exit 143' TERM INT
+
+have_gpu=""
+run_stage() {  # run_stage NAME COMMAND...: time-boxed, logged, classified
+  local name=$1; shift
+  local left=$((deadline - SECONDS - reserve)) t0=$SECONDS rc
+  local cap=$(( left < ${limit[$name]} ? left : ${limit[$name]} ))
+  if (( cap < 10 )); then status[$name]="skipped (deadline)"; echo "=== $name: skipped, deadline" | tee -a "$log"; return; fi
+  if [[ $name != env && $name != build && "$have_gpu" == no ]]; then
+    status[$name]="skipped (no CUDA GPU)"; echo "=== $name: skipped, no CUDA GPU" | tee -a "$log"; return
+  fi
+  echo "=== $name (limit ${cap}s): $*" | tee -a "$log"
+  timeout --kill-after=5 "$cap" "$@" >>"$log" 2>&1
+  rc=$?
   seconds[$name]=$((SECONDS - t0))
-  echo "=== $name: exit ${rc[$name]} after ${seconds[$name]} s" | tee -a "$log"
-  tail -n 5 "$log"
+  case $rc in
+    0) status[$name]=pass ;;
+    3) status[$name]="not run: $(grep -E '^NOT RUN' "$log" | tail -n 1 | cut -c10-)" ;;
+    124|137) status[$name]="TIMEOUT after ${cap}s" ;;
+    *) status[$name]="FAIL (exit $rc)" ;;
+  esac
+  echo "=== $name: ${status[$name]} after ${seconds[$name]} s" | tee -a "$log"
+  tail -n 4 "$log" | grep -v '^===' || true
 }
 
-stage ceilings 150 "$python" benchmarks/gpu/checks.py ceilings "$out/ceilings.json"
-stage tests 120 "$python" -m pytest tests/test_cuda_backend.py -q -rs -p no:cacheprovider
-stage conform 60 "$python" benchmarks/gpu/checks.py conformance
-stage memcheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
-  "$python" benchmarks/gpu/checks.py sanitize
-stage racecheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool racecheck --error-exitcode 1 \
-  "$python" benchmarks/gpu/checks.py sanitize
-bench=(-m benchmarks --device cuda --no-plots --no-progress --out "$out" --repeats 20 --budget 1.0)
-stage bench 150 "$python" "${bench[@]}" --name bench-cuda --backends torch,reference,cuda,triton --dtype float32,bfloat16 \
-  --shapes B64,T140,I1,H64 B256,T140,I1,H256 B16,T1024,I1,H768
-stage bench_fused 40 env ECGKERN_CUDA_STRATEGY=fused "$python" "${bench[@]}" --name bench-cuda-fused \
-  --backends torch,reference,cuda --dtype float32 --shapes B64,T140,I1,H64
+stage_env() { run_stage env "$python" benchmarks/gpu/checks.py env "$result"; }
+stage_build() { run_stage build "$python" benchmarks/gpu/checks.py build "$result"; }
+stage_conform() { run_stage conform "$python" benchmarks/gpu/checks.py conform cuda; }
+stage_bench() {
+  local common=(--device cuda --no-plots --no-progress --out "$out" --repeats 20 --min-repeats 3 --budget 0.8)
+  run_stage bench bash -c '
+    "$@" --name bench-gpu --backends torch,reference,cuda,triton --dtype float32,bfloat16 \
+      --shapes B64,T140,I1,H64 B256,T140,I1,H256 B16,T1024,I1,H768 || exit
+    ECGKERN_CUDA_STRATEGY=fused "$@" --name bench-cuda-fused --backends torch,reference,cuda --dtype float32,bfloat16 \
+      --shapes B64,T140,I1,H64' bench "$python" "${bench_cmd[@]}" "${common[@]}"
+}
+stage_kernel() { run_stage kernel "$python" benchmarks/gpu/checks.py kernel "$result"; }
+stage_sanitize() {
+  if [[ ! -x "$sanitizer" ]]; then status[sanitize]="not run: no compute-sanitizer at $sanitizer"; return; fi
+  # Only the ecgkern kernels are checked (torch's own are skipped): much faster.
+  run_stage sanitize bash -c '
+    filter=(--kernel-name kns=ecgkern_cuda)
+    for tool in memcheck racecheck; do
+      echo "--- $tool"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$0" --tool $tool "${filter[@]}" --error-exitcode 1 \
+        "$1" benchmarks/gpu/checks.py sanitize >/tmp/ecgkern-sanitize.log 2>&1
+      rc=$?
+      if [[ ${#filter[@]} != 0 ]] && grep -qiE "unrecognized option|unknown option|invalid .*kernel-name" /tmp/ecgkern-sanitize.log; then
+        echo "this compute-sanitizer has no --kernel-name filter: checking every kernel"
+        filter=()
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$0" --tool $tool --error-exitcode 1 \
+          "$1" benchmarks/gpu/checks.py sanitize >/tmp/ecgkern-sanitize.log 2>&1
+        rc=$?
+      fi
+      cat /tmp/ecgkern-sanitize.log
+      if grep -qE "Device not supported|error 999|CUDA_ERROR_UNKNOWN|Unable to attach|not supported on this platform" /tmp/ecgkern-sanitize.log; then
+        echo "NOT RUN: compute-sanitizer refused this device/runtime"; exit 3
+      fi
+      [[ $rc == 0 ]] || exit $rc
+      echo "$tool: no errors in the ecgkern kernels"
+    done' "$sanitizer" "$python"
+}
+stage_tests() { run_stage tests "$python" -m pytest tests/test_cuda_backend.py -q -rs -p no:cacheprovider; }
+stage_triton() {
+  run_stage triton bash -c '"$0" benchmarks/gpu/checks.py conform triton; a=$?; "$0" benchmarks/gpu/checks.py offsets; b=$?
+    exit $(( a || b ))' "$python"
+}
 
-{
-  echo "# cuda backend on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
-  echo
-  echo "| stage | exit | seconds |"
-  echo "|---|---|---|"
-  for name in ceilings tests conform memcheck racecheck bench bench_fused; do
-    echo "| $name | ${rc[$name]} | ${seconds[$name]} |"
-  done
-  echo
-  "$python" benchmarks/gpu/checks.py roofline "$out/ceilings.json" "$out"/bench-cuda*.json 2>&1
-  echo
-  echo "Details: gpu_checks.log; versions and ceilings: ceilings.json; timings: bench-cuda.md (auto strategy:"
-  echo "persistent for hidden <= 64) and bench-cuda-fused.md (ECG shape with the per-step strategy forced)."
-} >"$out/summary.md"
-cat "$out/summary.md"
-for name in "${!rc[@]}"; do [[ ${rc[$name]} == 0 ]] || exit 1; done
+for name in "${stages[@]}"; do
+  "stage_$name"
+  if [[ $name == env ]]; then
+    grep -q '^cuda_available: True' "$log" && have_gpu=yes || have_gpu=no
+    [[ $have_gpu == no ]] && echo "no CUDA GPU visible: the GPU stages will fail or be skipped" | tee -a "$log"
+  fi
+done
