@@ -267,6 +267,23 @@ def test_conformance_half_precision(strategy):
 
 
 @gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2 ** -9), (torch.float16, 2 ** -11)], ids=["bfloat16", "float16"])
+def test_strategies_agree_in_half_precision_on_gpu(dtype, tol, monkeypatch):
+    # As test_strategies_agree_in_half_precision, with cuBLAS doing the fused strategy's GEMMs.
+    T, B, H = 40, 3, 24
+    inputs = [t.requires_grad_(True) for t in testing.random_recurrence_inputs(T, B, H, dtype=dtype, device="cuda", seed=7)]
+    runs = []
+    for strategy in ("persistent", "fused"):
+        monkeypatch.setenv("ECGKERN_CUDA_STRATEGY", strategy)
+        hs, cs = cuda.recurrence(*inputs)
+        grads = torch.autograd.grad((hs.float() * hs.float().detach().cos()).sum() + cs.float().sum(), inputs)
+        runs.append((hs, cs, *grads))
+    for name, a, b in zip(("hs", "cs", "grad xg", "grad w_hh", "grad h0", "grad c0"), *runs):
+        rel = tol * (16 if name == "grad w_hh" else 1)  # dW_hh sums T*B rounded products
+        testing.assert_close(name, a.double(), b.double(), rel, rel, f"persistent vs fused, {dtype}")
+
+
+@gpu
 def test_gradcheck_float64(strategy):
     shapes = ((1, 1, 1), (3, 2, 3), (4, 3, 5)) + (() if strategy == "persistent" else ((3, 2, 66),))
     testing.gradcheck_recurrence(cuda.recurrence, shapes=shapes, device="cuda")
