@@ -90,10 +90,10 @@ summary() {  # always: on a normal end, on an error, and on SIGTERM/SIGINT
   [[ "$have_gpu" == no ]] && failed=1  # nothing that matters ran
   exit $failed
 }
+have_gpu=""  # yes/no once the env stage has run
 trap summary EXIT
 trap 'echo "=== interrupted" >>"$log"; exit 143' TERM INT
 
-have_gpu=""
 run_stage() {  # run_stage NAME COMMAND...: time-boxed, logged, classified
   local name=$1; shift
   local left=$((deadline - SECONDS - reserve)) t0=$SECONDS rc
@@ -103,6 +103,7 @@ run_stage() {  # run_stage NAME COMMAND...: time-boxed, logged, classified
     status[$name]="skipped (no CUDA GPU)"; echo "=== $name: skipped, no CUDA GPU" | tee -a "$log"; return
   fi
   echo "=== $name (limit ${cap}s): $*" | tee -a "$log"
+  status[$name]="interrupted (was running when run.sh was stopped)"
   timeout --kill-after=5 "$cap" "$@" >>"$log" 2>&1
   rc=$?
   seconds[$name]=$((SECONDS - t0))
