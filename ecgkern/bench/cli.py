@@ -1,4 +1,4 @@
-"""``ecgkern bench`` / ``python -m benchmarks``: every backend vs nn.LSTM and the reference loop."""
+"""``ecgkern bench``: every backend vs nn.LSTM and the reference loop."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,11 @@ import gc
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from ..timing import Stopwatch
 from .allocator import MODES as MALLOC_MODES, apply as apply_malloc
 from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
@@ -132,7 +132,9 @@ def _default_name(args, devices) -> str:
 def _progress(total: int, disable: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="case", file=sys.stderr, disable=disable, dynamic_ncols=True, mininterval=1.0)
+    # off when stderr is not a terminal: a log file would fill with carriage-return redraws
+    return tqdm(total=total, unit="case", file=sys.stderr, disable=disable or not sys.stderr.isatty(),
+                dynamic_ncols=True, mininterval=1.0)
 
 
 def plan(args, devices) -> tuple[list, dict]:
@@ -167,7 +169,7 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
     bar = _progress(len(todo), args.no_progress)
     for case in todo:
         bar.set_description(case.key)
-        started = time.perf_counter()
+        case_time = Stopwatch()
         inputs = make_inputs(case, args.seed)
         outcomes: dict[str, Outcome] = {}
         runners = {}
@@ -192,7 +194,7 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
         ))
         peak = result["matmul_peak"].get(f"{case.device}/{dtype_name(case.dtype)}", {}).get("gflops_best")
         result["cases"].append(case_record(case, {n: outcomes[n] for n in backends}, peak))
-        result["cases"][-1]["wall_s"] = time.perf_counter() - started  # the whole case, warm-ups included
+        result["cases"][-1]["wall_s"] = case_time.seconds  # the whole case, warm-ups included
         write_json(result, path)
         del runners, inputs
         gc.collect()
