@@ -53,7 +53,7 @@ def main() -> None:
         plot_early({f"plain, last-step loss (mean of {n} seeds)": plain["early_curve_mean"],
                     f"--step-loss {early['config']['step_loss']} (mean of {len(early['seeds'])} seeds)": early["early_curve_mean"]},
                    2, HERE / "early.png",
-                   note=LAST_STEP_NOTE.replace("Trained on", "Plain: trained on") + " Both curves are shown.")
+                   note=LAST_STEP_NOTE.replace("Trained on", "Plain: trained on"))
 
 
 if __name__ == "__main__":

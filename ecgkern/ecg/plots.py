@@ -78,11 +78,11 @@ def plot_early(curves: dict, num_classes: int, path: Path, note: str | None = No
         ax.plot([p["fraction"] for p in curve], [p["roc_auc"] for p in curve], marker="o", label=label)
     ax.axhline(0.5, color="grey", ls=":", lw=0.8, label="chance")
     ax.set(xlabel="fraction of the beat observed", ylabel=f"test {auc_label(num_classes)}", ylim=(0.0, 1.02))
-    ax.set_title("Early classification: predicting from the first part of each beat", fontsize=10, pad=28 if note else 6)
-    if note:
-        ax.text(0.5, 1.02, textwrap.fill(note, 90), transform=ax.transAxes, ha="center", va="bottom", fontsize=7.5,
-                color="dimgrey")
-    ax.legend(loc="lower right", fontsize=8)
+    lines = textwrap.wrap(note, 90) if note else []
+    ax.set_title("Early classification: predicting from the first part of each beat", fontsize=10, pad=8 + 10 * len(lines))
+    if lines:
+        ax.text(0.5, 1.015, "\n".join(lines), transform=ax.transAxes, ha="center", va="bottom", fontsize=7.5, color="dimgrey")
+    ax.legend(loc="best", fontsize=8)
     _save(fig, path)
 
 
