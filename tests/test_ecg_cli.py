@@ -1,6 +1,5 @@
 """`ecgkern train/evaluate/info/bench` end to end on tiny configs, and resuming after interruption."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -245,3 +244,9 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "\r" not in proc.stdout
     assert "backend reference" in proc.stdout  # the run says which backend it trains on
+
+
+def test_python_dash_m_ecgkern_is_the_same_command_as_the_console_script():
+    proc = subprocess.run([sys.executable, "-m", "ecgkern", "bench", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ecgkern bench")

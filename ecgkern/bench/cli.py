@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from ..timing import Stopwatch
-from .allocator import MODES as MALLOC_MODES, apply as apply_malloc
+from .allocator import MODES as MALLOC_MODES
+from .allocator import apply as apply_malloc
 from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
-from .report import case_record, compare, compare_text, load_json, markdown, write_json, SCHEMA
+from .report import SCHEMA, case_record, compare, compare_text, load_json, markdown, write_json
 from .runners import ALL_BACKENDS, TORCH, make_inputs, make_runner, parse_backends, skip_reason
 
 QUICK = {"repeats": 10, "budget": 1.0}
@@ -184,7 +185,7 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
                 outcomes[name] = Outcome.failed(exc)
         calls = [0]
 
-        def tick(name):
+        def tick(name, calls=calls):
             calls[0] += 1
             bar.set_postfix_str(f"{name} call {calls[0]}", refresh=True)
 
@@ -221,8 +222,8 @@ def run_train(args, devices, backends, explicit, result, path: Path) -> None:
         bar = _progress(args.train_epochs * len(lstm_backends), args.no_progress)
         result["train"] += train_benchmark(
             lstm_backends, d, args.train_epochs, limit=args.train_limit, seed=args.seed,
-            skip=lambda b: skip_reason(b, d, torch.float32, explicit),
-            on_epoch=lambda b, e: (bar.set_description(f"train {d} {b} epoch {e}"), bar.update(1)),
+            skip=lambda b, d=d: skip_reason(b, d, torch.float32, explicit),
+            on_epoch=lambda b, e, d=d, bar=bar: (bar.set_description(f"train {d} {b} epoch {e}"), bar.update(1)),
         )
         bar.close()
     write_json(result, path)

@@ -37,7 +37,7 @@ class Outcome:
     peak_mem_bytes: int | None = None
 
     @classmethod
-    def failed(cls, exc: BaseException, **kw) -> "Outcome":
+    def failed(cls, exc: BaseException, **kw) -> Outcome:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return cls("oom" if is_oom(exc) else "error", f"{type(exc).__name__}: {first_line}"[:300], **kw)
 

@@ -7,7 +7,7 @@ backends' runs are interleaved epoch by epoch (A B A B ...), so machine drift ca
 from __future__ import annotations
 
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from ..timing import Stopwatch
 from .measure import Outcome
@@ -20,7 +20,7 @@ def train_benchmark(backends: list[str], device: str, epochs: int, *, limit: int
 
     ``skip(name)`` gives the reason a backend is not run (unavailable here), or None.
     """
-    from ..ecg.train import Trainer, TrainConfig
+    from ..ecg.train import TrainConfig, Trainer
 
     records, trainers = {}, {}
     with tempfile.TemporaryDirectory(prefix="ecgkern-bench-train-") as tmp:

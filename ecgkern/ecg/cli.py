@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..backends import BACKEND_NAMES, BackendUnavailableError
-from .data import SPLITS, TASKS, DataIntegrityError
+from .data import SPLITS, TASKS, DataIntegrityError, MissingExtraError
 from .models import HEADS
 
 
@@ -17,10 +17,14 @@ def _add_train_args(p: argparse.ArgumentParser, d) -> None:
     g = p.add_argument_group("experiment")
     g.add_argument("--task", choices=TASKS, default=d.task, help="binary (normal vs abnormal) or multiclass (5 classes)")
     g.add_argument("--split", choices=SPLITS, default=d.split,
-                   help="pooled: train+test pooled, stratified 60/20/20 (the notebook); ucr: official 500/4500 with validation from the 500")
-    g.add_argument("--data-source", default=d.data_source, help="bundled (offline), tslearn (downloads), or a folder with ECG5000_TRAIN/TEST in UCR format")
+                   help="pooled: train+test pooled, stratified 60/20/20 (the notebook); "
+                        "ucr: official 500/4500 with validation from the 500")
+    g.add_argument("--data-source", default=d.data_source,
+                   help="bundled (offline), tslearn (downloads; pip install 'ecgkern[tslearn]'), "
+                        "or a folder with ECG5000_TRAIN/TEST in UCR format")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling, dropout, augmentation")
-    g.add_argument("--seeds", type=int, default=None, metavar="N", help="run seeds SEED..SEED+N-1 into OUT/seed-K and write OUT/summary.json and summary.md")
+    g.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run seeds SEED..SEED+N-1 into OUT/seed-K and write OUT/summary.json and summary.md")
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=("auto",) + BACKEND_NAMES, default=d.backend, help="LSTM recurrence backend")
     g.add_argument("--hidden-size", type=int, default=d.hidden_size, help="LSTM hidden units")
@@ -48,7 +52,8 @@ def _add_train_args(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--out", default=None, help="output folder (default: runs/<task>-<split>-<timestamp>)")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last complete epoch, with the flags it started with")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last complete epoch, with the flags it started with")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only; also off when stderr is not a terminal)")
     g.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # debug: first N beats of each part
 
@@ -193,6 +198,6 @@ def run(args, argv: list[str]) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, DataIntegrityError,
-            BackendUnavailableError) as exc:
+            MissingExtraError, BackendUnavailableError) as exc:
         print(f"ecgkern: error: {exc}", file=sys.stderr)
         return 2

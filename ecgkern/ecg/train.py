@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,8 +23,7 @@ from ..backends import resolve_backend_name
 from ..timing import Stopwatch
 from . import plots
 from .data import SPLITS, TASKS, Split, limit_split, load_ecg5000, make_split
-from .evaluate import (MODEL_FORMAT, classification_metrics, early_curve, load_checkpoint,
-                       predict_proba)
+from .evaluate import MODEL_FORMAT, classification_metrics, early_curve, load_checkpoint, predict_proba
 from .models import MODEL_KEYS, ECGClassifier
 
 CHECKPOINT_FORMAT = "ecgkern-ecg-checkpoint"
@@ -60,7 +59,7 @@ class TrainConfig:
     data_source: str = "bundled"
     limit: int | None = None  # debug: keep only the first N beats of each part
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.split not in SPLITS:
