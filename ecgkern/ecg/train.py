@@ -300,7 +300,8 @@ def train(config: TrainConfig, out, resume: bool = False, log=print, progress: b
         raise FileExistsError(f"{out} already holds a run (checkpoint.pt); pass --resume or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     log(f"training {config.task} on the {config.split} split: {len(trainer.data.y_train)} train / "
-        f"{len(trainer.data.y_val)} val / {len(trainer.data.y_test)} test beats, backend {trainer.backend}, "
+        f"{len(trainer.data.y_val)} val / {len(trainer.data.y_test)} test beats, backend {trainer.backend}"
+        f"{' (auto)' if config.backend == 'auto' else ''}, "
         f"device {trainer.device}, {torch.get_num_threads()} threads -> {out}")
     trainer.fit()
     return trainer.finish()
