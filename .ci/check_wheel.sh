@@ -44,6 +44,7 @@ PY
 }
 
 if [[ $what == wheel || $what == both ]]; then
+  rm -rf "$repo/build"  # stale files from an earlier in-tree build would end up in the wheel
   python -m pip wheel "$repo" -w "$work/dist" --no-deps -q
   check wheel "$(ls "$work"/dist/ecgkern-*.whl)"
 fi
