@@ -1,1 +1,1 @@
-"""ecgkern's benchmarks: ``python -m benchmarks`` (= ``ecgkern bench``) and the pytest-benchmark suite."""
+"""ecgkern's benchmark suite (pytest-benchmark) and profiling scripts; the benchmark command is ``ecgkern bench``."""

@@ -64,7 +64,7 @@ def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
 
 def peak_bytes(fn) -> int:
     """Peak of live CPU tensor memory during fn (the bench's profiler-based measurement)."""
-    from ecgkern.bench.measure import peak_memory
+    from ecgkern.timing import peak_memory
 
     return peak_memory(fn, "cpu")
 

@@ -182,6 +182,8 @@ def load_extension(
     final = root / f"{name}-{key}"
     with _locked(root / f"{name}-{key}.lock"):
         if not final.is_dir():
+            what = "CUDA kernels (once, a few minutes)" if with_cuda else "C++ kernels (once, ~20 s)"
+            print(f"ecgkern: building the {what}", file=sys.stderr, flush=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=root))
             start = time.perf_counter()
             try:

@@ -13,11 +13,12 @@ raises ``AssertionError`` naming the tensor, the worst element, and by how much 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from .backends import reference
+from .timing import cpu_allocation_deltas
 
 # (rtol, atol) per dtype for |actual - truth| <= atol + rtol * |truth|, truth in float64.
 TOLERANCES = {
@@ -140,8 +141,6 @@ def check_backward_memory(recurrence: Recurrence, *, T: int = 256, B: int = 4, H
     which no value check sees. Counted from torch's profiler (every CPU tensor allocation);
     returns None where this torch's profiler does not expose its memory events.
     """
-    from .bench.measure import cpu_allocation_deltas
-
     leaves = [t.requires_grad_(True) for t in random_recurrence_inputs(T, B, H, seed=0)]
     hs, cs = recurrence(*leaves)
     loss = hs.sum() + cs.sum()

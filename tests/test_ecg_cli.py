@@ -1,6 +1,5 @@
 """`ecgkern train/evaluate/info/bench` end to end on tiny configs, and resuming after interruption."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,8 +8,9 @@ import time
 import pytest
 import torch
 
-from ecgkern.ecg import cli
-from ecgkern.ecg.train import TrainConfig, train
+from ecgkern import cli
+from ecgkern.ecg import train as train_module
+from ecgkern.ecg.train import TrainConfig, prepare_data, train
 
 TINY = ["--limit", "64", "--epochs", "2", "--hidden-size", "8", "--batch-size", "16", "--no-progress"]
 OUTPUTS = ("model.pt", "checkpoint.pt", "metrics.json", "loss.png", "confusion.png", "roc.png", "early.png", "examples.png")
@@ -141,16 +141,29 @@ def _assert_same_run(got, want):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_resume_after_a_crash_mid_epoch(tmp_path, uninterrupted):
-    class Crash(Exception):
-        pass
+class Crash(Exception):
+    pass
 
-    def fault(epoch, batch):
-        if epoch == 2 and batch == 1:
-            raise Crash
 
+def _crash_at_batch(monkeypatch, n: int, exc: type[BaseException] = Crash) -> None:
+    """The n-th training batch (counting from 1 over the whole run) raises ``exc`` before its step."""
+    calls = [0]
+    real_loss = train_module._loss
+
+    def loss(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise exc
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_loss", loss)
+
+
+def test_resume_after_a_crash_mid_epoch(tmp_path, uninterrupted, monkeypatch):
+    _crash_at_batch(monkeypatch, _batches_per_epoch(**RESUME_CFG) + 2)  # the second batch of epoch 2
     with pytest.raises(Crash):
-        train(TrainConfig(**RESUME_CFG), tmp_path, log=_quiet, progress=False, fault=fault)
+        train(TrainConfig(**RESUME_CFG), tmp_path, log=_quiet, progress=False)
+    monkeypatch.undo()
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "metrics.json").exists()
     resumed = train(TrainConfig(**RESUME_CFG), tmp_path, resume=True, log=_quiet, progress=False)
@@ -159,7 +172,7 @@ def test_resume_after_a_crash_mid_epoch(tmp_path, uninterrupted):
 
 def test_resume_after_sigint_from_the_cli(tmp_path, uninterrupted):
     cfg = RESUME_CFG
-    argv = [sys.executable, "-m", "ecgkern.ecg.cli", "train", "--out", str(tmp_path), "--no-progress", "--threads", str(torch.get_num_threads()),
+    argv = [sys.executable, "-m", "ecgkern", "train", "--out", str(tmp_path), "--no-progress", "--threads", str(torch.get_num_threads()),
             "--limit", str(cfg["limit"]), "--epochs", str(cfg["epochs"]), "--hidden-size", str(cfg["hidden_size"]),
             "--batch-size", str(cfg["batch_size"]), "--dropout", str(cfg["dropout"]), "--augment",
             "--lr-schedule", cfg["lr_schedule"], "--backend", cfg["backend"], "--seed", str(cfg["seed"])]
@@ -175,3 +188,65 @@ def test_resume_after_sigint_from_the_cli(tmp_path, uninterrupted):
     assert cli.main(["train", "--out", str(tmp_path), "--resume", "--no-progress"]) == 0
     resumed = json.loads((tmp_path / "metrics.json").read_text())
     _assert_same_run((resumed, tmp_path), uninterrupted)
+
+
+# ---- what a user sees around a run ----------------------------------------------------------
+
+def _batches_per_epoch(**config) -> int:
+    cfg = TrainConfig(**config)
+    return -(-len(prepare_data(cfg).y_train) // cfg.batch_size)
+
+
+def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
+    _crash_at_batch(monkeypatch, 2, KeyboardInterrupt)
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "nothing was saved" in err and "is saved" not in err
+    assert not out.exists()  # the empty folder this command made is gone, so the next run may use it
+    monkeypatch.undo()
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+
+
+def test_ctrl_c_after_an_epoch_names_the_run_folder_and_resume_continues(tmp_path, capsys, monkeypatch):
+    _crash_at_batch(monkeypatch, _batches_per_epoch(limit=64, batch_size=16) + 1, KeyboardInterrupt)
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"saved in {out}" in err and "--resume" in err
+    monkeypatch.undo()
+    assert cli.main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["timing"]["epochs"] == 2
+
+
+def test_resume_with_changed_flags_is_an_error_naming_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    (out / "metrics.json").unlink()
+    assert cli.main(["train", "--out", str(out), "--resume", "--epochs", "25", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 25 (the run has 1)" in err and "--lr 0.5 (the run has 0.001)" in err
+    # repeating the run's own flags is not a change
+    assert cli.main(["train", "--out", str(out), "--resume", "--epochs", "1", "--hidden-size", "8", "--no-progress"]) == 0
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 20)" in text and "(default: 0.001)" in text and "(default: binary)" in text
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
+    argv = [sys.executable, "-m", "ecgkern", "train", "--limit", "64", "--epochs", "1", "--hidden-size", "8",
+            "--batch-size", "16", "--backend", "reference", "--threads", "1", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "\r" not in proc.stdout
+    assert "backend reference" in proc.stdout  # the run says which backend it trains on
+
+
+def test_python_dash_m_ecgkern_is_the_same_command_as_the_console_script():
+    proc = subprocess.run([sys.executable, "-m", "ecgkern", "bench", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ecgkern bench")

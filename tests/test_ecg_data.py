@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from ecgkern.ecg import data as ecgdata
-from ecgkern.ecg.data import (CLASS_TOTALS, DataIntegrityError, load_ecg5000, make_split,
-                              read_bundled_bytes, task_labels)
+from ecgkern.ecg.data import CLASS_TOTALS, DataIntegrityError, load_ecg5000, make_split, read_bundled_bytes, task_labels
 
 
 @pytest.fixture(scope="module")
@@ -153,4 +152,15 @@ def test_tslearn_source_failure_is_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="tslearn could not download"):
+        load_ecg5000("tslearn")
+
+
+def test_tslearn_source_without_tslearn_names_the_extra(monkeypatch):
+    import sys
+
+    from ecgkern.ecg.data import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "tslearn", None)  # import tslearn -> ImportError
+    monkeypatch.setitem(sys.modules, "tslearn.datasets", None)
+    with pytest.raises(MissingExtraError, match=r"ecgkern\[tslearn\]"):
         load_ecg5000("tslearn")

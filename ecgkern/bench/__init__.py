@@ -1,6 +1,6 @@
 """Benchmarks of every LSTM backend against torch.nn.LSTM and the reference loop.
 
-``ecgkern bench`` and ``python -m benchmarks`` both call :func:`main`; see ``--help``.
+``ecgkern bench`` (or ``python -m ecgkern bench``) calls :func:`main`; see ``--help``.
 """
 from .cli import main
 

@@ -33,7 +33,7 @@ class Shape:
         return {"batch": self.batch, "seq": self.seq, "input": self.input, "hidden": self.hidden}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Shape":
+    def from_dict(cls, d: dict) -> Shape:
         return cls(int(d["batch"]), int(d["seq"]), int(d["input"]), int(d["hidden"]))
 
 

@@ -1,4 +1,4 @@
-"""``ecgkern bench`` / ``python -m benchmarks``: every backend vs nn.LSTM and the reference loop."""
+"""``ecgkern bench``: every backend vs nn.LSTM and the reference loop."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +6,16 @@ import gc
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from .allocator import MODES as MALLOC_MODES, apply as apply_malloc
+from ..timing import Stopwatch
+from .allocator import MODES as MALLOC_MODES
+from .allocator import apply as apply_malloc
 from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
-from .report import case_record, compare, compare_text, load_json, markdown, write_json, SCHEMA
+from .report import SCHEMA, case_record, compare, compare_text, load_json, markdown, write_json
 from .runners import ALL_BACKENDS, TORCH, make_inputs, make_runner, parse_backends, skip_reason
 
 QUICK = {"repeats": 10, "budget": 1.0}
@@ -132,7 +133,9 @@ def _default_name(args, devices) -> str:
 def _progress(total: int, disable: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="case", file=sys.stderr, disable=disable, dynamic_ncols=True, mininterval=1.0)
+    # off when stderr is not a terminal: a log file would fill with carriage-return redraws
+    return tqdm(total=total, unit="case", file=sys.stderr, disable=disable or not sys.stderr.isatty(),
+                dynamic_ncols=True, mininterval=1.0)
 
 
 def plan(args, devices) -> tuple[list, dict]:
@@ -167,7 +170,7 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
     bar = _progress(len(todo), args.no_progress)
     for case in todo:
         bar.set_description(case.key)
-        started = time.perf_counter()
+        case_time = Stopwatch()
         inputs = make_inputs(case, args.seed)
         outcomes: dict[str, Outcome] = {}
         runners = {}
@@ -182,7 +185,7 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
                 outcomes[name] = Outcome.failed(exc)
         calls = [0]
 
-        def tick(name):
+        def tick(name, calls=calls):
             calls[0] += 1
             bar.set_postfix_str(f"{name} call {calls[0]}", refresh=True)
 
@@ -192,7 +195,7 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
         ))
         peak = result["matmul_peak"].get(f"{case.device}/{dtype_name(case.dtype)}", {}).get("gflops_best")
         result["cases"].append(case_record(case, {n: outcomes[n] for n in backends}, peak))
-        result["cases"][-1]["wall_s"] = time.perf_counter() - started  # the whole case, warm-ups included
+        result["cases"][-1]["wall_s"] = case_time.seconds  # the whole case, warm-ups included
         write_json(result, path)
         del runners, inputs
         gc.collect()
@@ -219,8 +222,8 @@ def run_train(args, devices, backends, explicit, result, path: Path) -> None:
         bar = _progress(args.train_epochs * len(lstm_backends), args.no_progress)
         result["train"] += train_benchmark(
             lstm_backends, d, args.train_epochs, limit=args.train_limit, seed=args.seed,
-            skip=lambda b: skip_reason(b, d, torch.float32, explicit),
-            on_epoch=lambda b, e: (bar.set_description(f"train {d} {b} epoch {e}"), bar.update(1)),
+            skip=lambda b, d=d: skip_reason(b, d, torch.float32, explicit),
+            on_epoch=lambda b, e, d=d, bar=bar: (bar.set_description(f"train {d} {b} epoch {e}"), bar.update(1)),
         )
         bar.close()
     write_json(result, path)

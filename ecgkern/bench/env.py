@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from ..timing import Stopwatch
 
 
 def cpu_model() -> str:
@@ -30,7 +31,7 @@ def git_commit() -> str | None:
         if sha.returncode != 0:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results", ":(exclude)results"], cwd=root,
+                                ":(exclude)benchmarks/results"], cwd=root,
                                capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -53,13 +54,13 @@ def backend_load_times(devices) -> dict:
 
     times = {}
     for name in BACKEND_NAMES:
-        t0 = time.perf_counter()
+        elapsed = Stopwatch()
         for device in devices:
             try:
                 get_backend(name, torch.device(device), torch.float32)
             except BackendUnavailableError:
                 pass
-        times[name] = time.perf_counter() - t0
+        times[name] = elapsed.seconds
     return times
 
 

@@ -1,22 +1,22 @@
 """Timing done one way for every backend: first call apart, warm-up, interleaved repeats.
 
-CPU work is synchronous, so ``time.perf_counter`` around the call measures it; CUDA work is
-timed with CUDA events on the current stream. Runners of one case are measured interleaved,
+One call is timed and its memory measured by ``ecgkern.timing``. Runners of one case are measured interleaved,
 one call each per round with the order rotating every round, so that drift of a shared machine
 (other processes, clocks) hits every backend alike and cancels in the ratios.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
+
+from ..timing import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, peak_memory, sync, time_call
+
+__all__ = ["CPU_MEMORY_METHOD", "CUDA_MEMORY_METHOD", "Outcome", "is_oom", "matmul_peak", "measure_case",
+           "peak_memory", "time_call"]
 
 _OOM_TYPES = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
@@ -37,7 +37,7 @@ class Outcome:
     peak_mem_bytes: int | None = None
 
     @classmethod
-    def failed(cls, exc: BaseException, **kw) -> "Outcome":
+    def failed(cls, exc: BaseException, **kw) -> Outcome:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return cls("oom" if is_oom(exc) else "error", f"{type(exc).__name__}: {first_line}"[:300], **kw)
 
@@ -47,93 +47,6 @@ class Outcome:
             return {}
         q1, med, q3 = np.percentile(np.asarray(self.times_s), [25, 50, 75])
         return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3), "iqr_s": float(q3 - q1)}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_call(fn: Callable[[], object], device: str) -> float:
-    """Seconds one call of ``fn`` takes on ``device``."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-CPU_MEMORY_METHOD = "torch profiler: peak of live CPU tensor allocations made during one call"
-CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated growth over one call"
-
-
-def peak_memory(fn: Callable[[], object], device: str) -> int | None:
-    """Peak extra bytes that one call of ``fn`` holds at once (see *_MEMORY_METHOD)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
-    return _cpu_peak_memory(fn)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (C++ logging bypasses sys.stderr) for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _cpu_peak_memory(fn) -> int | None:
-    # tracemalloc does not see torch's allocator and peak RSS never goes down, so we replay the
-    # profiler's allocation/free events in time order (the allocator reports every CPU tensor).
-    deltas = cpu_allocation_deltas(fn)
-    if deltas is None:
-        return None
-    live = peak = 0
-    for nbytes in deltas:
-        live += nbytes
-        peak = max(peak, live)
-    return int(peak)
-
-
-def cpu_allocation_deltas(fn) -> list[int] | None:
-    """Bytes of every CPU tensor allocation (+) and free (-) during one call of ``fn``, in time
-    order, from torch's profiler; None where its (private) event API is not available."""
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # kineto prints a line on every start and stop
-        prof.start()
-    try:
-        fn()
-    finally:
-        with _quiet_stderr():
-            prof.stop()
-    try:
-        events = prof.profiler.kineto_results.events()
-        deltas = sorted(
-            (e.start_ns(), e.nbytes()) for e in events
-            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-        )
-    except (AttributeError, RuntimeError):  # private API moved: report unknown, not a guess
-        return None
-    return [nbytes for _, nbytes in deltas]
 
 
 def measure_case(
@@ -165,7 +78,7 @@ def measure_case(
                 mem = peak_memory(fn, device)
             else:
                 fn()
-                _sync(device)
+                sync(device)
             tick(name)
             outcomes[name] = Outcome("ok", first_call_s=first, peak_mem_bytes=mem)
         except Exception as exc:  # noqa: BLE001 - recorded in the table, the run goes on
@@ -213,7 +126,7 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int | None = None, repeat
     b = torch.randn(n, n, device=device).to(dtype)
     fn = lambda: torch.mm(a, b)  # noqa: E731
     fn()
-    _sync(device)
+    sync(device)
     times = [time_call(fn, device) for _ in range(repeats)]
     flops = 2 * n ** 3
     return {

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from .cases import MODE_TITLES, Case, Shape, dtype_name
 from .measure import Outcome
 from .runners import REFERENCE, TORCH
@@ -40,9 +41,7 @@ def case_record(case: Case, outcomes: dict[str, Outcome], peak_gflops: float | N
 
 
 def write_json(result: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=False))
-    tmp.replace(path)  # never leave a half-written file behind (the run writes after each case)
+    atomic_write_text(path, json.dumps(result, indent=1, sort_keys=False))  # the run writes after each case
 
 
 def load_json(path) -> dict:

@@ -6,7 +6,7 @@ the final hidden state, cross-entropy, and the gradients of every parameter.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -7,9 +7,9 @@ backends' runs are interleaved epoch by epoch (A B A B ...), so machine drift ca
 from __future__ import annotations
 
 import tempfile
-import time
-from typing import Callable
+from collections.abc import Callable
 
+from ..timing import Stopwatch
 from .measure import Outcome
 
 
@@ -20,7 +20,7 @@ def train_benchmark(backends: list[str], device: str, epochs: int, *, limit: int
 
     ``skip(name)`` gives the reason a backend is not run (unavailable here), or None.
     """
-    from ..ecg.train import Trainer, TrainConfig
+    from ..ecg.train import TrainConfig, Trainer
 
     records, trainers = {}, {}
     with tempfile.TemporaryDirectory(prefix="ecgkern-bench-train-") as tmp:
@@ -30,14 +30,14 @@ def train_benchmark(backends: list[str], device: str, epochs: int, *, limit: int
                 records[name] = _record(name, device, epochs, Outcome("skipped", reason), None)
                 continue
             config = TrainConfig(backend=name, epochs=1, device=device, seed=seed, limit=limit)
-            t0 = time.perf_counter()
+            setup = Stopwatch()
             try:
                 trainers[name] = Trainer(config, f"{tmp}/{name}", log=lambda msg: None, progress=False)
                 trainers[name].out.mkdir(parents=True, exist_ok=True)
             except Exception as exc:  # noqa: BLE001 - an unavailable backend is a row, not a crash
                 records[name] = _record(name, device, epochs, Outcome.failed(exc), None)
                 continue
-            records[name] = {"setup_s": time.perf_counter() - t0}
+            records[name] = {"setup_s": setup.seconds}
         for epoch in range(1, epochs + 1):
             for name, trainer in list(trainers.items()):
                 trainer.config.epochs = epoch  # fit() trains up to config.epochs: one more epoch

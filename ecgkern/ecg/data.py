@@ -125,8 +125,18 @@ def _load_folder(folder) -> ECG5000:
     return ECG5000(*arrays)
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 def _load_tslearn() -> ECG5000:
-    from tslearn.datasets import UCR_UEA_datasets
+    try:
+        from tslearn.datasets import UCR_UEA_datasets
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"--data-source tslearn needs tslearn, which is not installed ({exc}): "
+            "pip install 'ecgkern[tslearn]' (or use the bundled data, the default)"
+        ) from exc
 
     X_train, y_train, X_test, y_test = UCR_UEA_datasets().load_dataset("ECG5000")
     if X_train is None:

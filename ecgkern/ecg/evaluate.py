@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
-                             confusion_matrix, f1_score, roc_auc_score)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix, f1_score, roc_auc_score
 
 from .models import MODEL_KEYS, ECGClassifier
 

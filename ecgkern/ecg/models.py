@@ -39,7 +39,7 @@ class ECGClassifier(nn.Module):
         self.head = nn.Linear(features, num_classes)
 
     @classmethod
-    def from_config(cls, config: dict) -> "ECGClassifier":
+    def from_config(cls, config: dict) -> ECGClassifier:
         return cls(**{k: config[k] for k in MODEL_KEYS})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .train import TrainConfig, atomic_write_text, train
+from ..atomic import atomic_write_text
+from .train import TrainConfig, train
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 EARLY_POINTS = (0.5, 1.0)
@@ -89,7 +90,7 @@ def run_seeds(config: TrainConfig, n: int, out, log=print, progress: bool = True
         runs.append(train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), log=log, progress=progress))
     summary = summarize(runs, name or out.name)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
-    atomic_write_text(markdown(summary), out / "summary.md")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", markdown(summary))
     log(markdown(summary))
     return summary

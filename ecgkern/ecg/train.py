@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write, atomic_write_text
 from ..backends import resolve_backend_name
+from ..timing import Stopwatch
 from . import plots
 from .data import SPLITS, TASKS, Split, limit_split, load_ecg5000, make_split
-from .evaluate import (MODEL_FORMAT, classification_metrics, early_curve, load_checkpoint,
-                       predict_proba)
+from .evaluate import MODEL_FORMAT, classification_metrics, early_curve, load_checkpoint, predict_proba
 from .models import MODEL_KEYS, ECGClassifier
 
 CHECKPOINT_FORMAT = "ecgkern-ecg-checkpoint"
@@ -60,7 +59,7 @@ class TrainConfig:
     data_source: str = "bundled"
     limit: int | None = None  # debug: keep only the first N beats of each part
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.split not in SPLITS:
@@ -104,19 +103,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """torch.save that never leaves a half-written file (see ecgkern.atomic)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def prepare_data(config: TrainConfig) -> Split:
@@ -219,16 +207,14 @@ class Trainer:
         return (torch.as_tensor(X, dtype=torch.float32, device=self.device),
                 torch.as_tensor(y, dtype=torch.long, device=self.device))
 
-    def _train_epoch(self, X, y, fault=None) -> float:
+    def _train_epoch(self, X, y) -> float:
         self.model.train()
         cfg = self.config
         perm = torch.randperm(len(X), generator=self.gen).to(self.device)
         total = 0.0
         starts = range(0, len(X), cfg.batch_size)
-        bar = tqdm(starts, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress or None)
-        for b, start in enumerate(bar):
-            if fault is not None:
-                fault(self.epoch + 1, b)
+        bar = tqdm(starts, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress)
+        for start in bar:
             idx = perm[start:start + cfg.batch_size]
             xb, yb = X[idx], y[idx]
             if cfg.augment:
@@ -243,20 +229,20 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         return total / len(X)
 
-    def fit(self, fault=None) -> None:
-        """Train until ``config.epochs``; ``fault(epoch, batch)`` is a test hook called before each batch."""
+    def fit(self) -> None:
+        """Train until ``config.epochs``, saving a checkpoint after every epoch."""
         cfg = self.config
         X_tr, y_tr = self._tensors(self.data.X_train, self.data.y_train)
         X_va, y_va = self._tensors(self.data.X_val, self.data.y_val)
         while self.epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            train_loss = self._train_epoch(X_tr, y_tr, fault)
-            val_loss = _eval_loss(self.model, X_va, y_va, self.weight)
-            val_acc = float((predict_proba(self.model, self.data.X_val, self.device).argmax(1) == self.data.y_val).mean())
-            if self.scheduler:
-                self.scheduler.step()
-            self.epoch += 1
-            seconds = time.perf_counter() - t0
+            with Stopwatch() as epoch_time:
+                train_loss = self._train_epoch(X_tr, y_tr)
+                val_loss = _eval_loss(self.model, X_va, y_va, self.weight)
+                val_acc = float((predict_proba(self.model, self.data.X_val, self.device).argmax(1) == self.data.y_val).mean())
+                if self.scheduler:
+                    self.scheduler.step()
+                self.epoch += 1
+            seconds = epoch_time.seconds
             for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("val_accuracy", val_acc),
                                ("epoch_seconds", seconds)):
                 self.history[key].append(value)
@@ -272,12 +258,12 @@ class Trainer:
     # ---- results ----
     def finish(self) -> dict:
         """Evaluate the best-validation-loss weights on the test split; write metrics.json and the plots."""
-        t0 = time.perf_counter()
-        self.model.load_state_dict(self.best["state_dict"])
         d = self.data
-        proba = predict_proba(self.model, d.X_test, self.device)
-        test = classification_metrics(d.y_test, proba, d.class_names)
-        early = early_curve(self.model, d.X_test, d.y_test, self.device)
+        with Stopwatch() as eval_time:
+            self.model.load_state_dict(self.best["state_dict"])
+            proba = predict_proba(self.model, d.X_test, self.device)
+            test = classification_metrics(d.y_test, proba, d.class_names)
+            early = early_curve(self.model, d.X_test, d.y_test, self.device)
         metrics = {
             "config": dataclasses.asdict(self.config),
             "backend": self.backend, "device": str(self.device), "torch": torch.__version__,
@@ -289,18 +275,19 @@ class Trainer:
             "test": test,
             "early": early,
             "timing": {"train_seconds": float(sum(self.history["epoch_seconds"])), "epochs": self.epoch,
-                       "eval_seconds": time.perf_counter() - t0},
+                       "eval_seconds": eval_time.seconds},
         }
-        plots.plot_loss(self.history, self.out / "loss.png")
+        plots.plot_loss(self.history, self.best["epoch"], self.config.select, self.out / "loss.png")
         plots.plot_confusion(test["confusion_matrix"], d.class_names, self.out / "confusion.png")
         plots.plot_roc(d.y_test, proba, d.class_names, self.out / "roc.png")
-        plots.plot_early({"this model": early}, d.num_classes, self.out / "early.png")
-        plots.plot_examples(d.X_train, d.y_train, d.class_names, self.out / "examples.png")
-        atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out / "metrics.json")
+        plots.plot_early({"this model": early}, d.num_classes, self.out / "early.png",
+                         note=plots.early_note(self.config.step_loss))
+        plots.plot_examples(d.X_train, d.y_train, d.class_names, self.out / "examples.png", split=self.config.split)
+        atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
 
 
-def train(config: TrainConfig, out, resume: bool = False, log=print, progress: bool = True, fault=None) -> dict:
+def train(config: TrainConfig, out, resume: bool = False, log=print, progress: bool = True) -> dict:
     """Train ``config`` into folder ``out`` (or resume the run there) and return its metrics."""
     out = Path(out)
     trainer = Trainer(config, out, log, progress)
@@ -313,9 +300,10 @@ def train(config: TrainConfig, out, resume: bool = False, log=print, progress: b
         raise FileExistsError(f"{out} already holds a run (checkpoint.pt); pass --resume or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     log(f"training {config.task} on the {config.split} split: {len(trainer.data.y_train)} train / "
-        f"{len(trainer.data.y_val)} val / {len(trainer.data.y_test)} test beats, backend {trainer.backend}, "
+        f"{len(trainer.data.y_val)} val / {len(trainer.data.y_test)} test beats, backend {trainer.backend}"
+        f"{' (auto)' if config.backend == 'auto' else ''}, "
         f"device {trainer.device}, {torch.get_num_threads()} threads -> {out}")
-    trainer.fit(fault)
+    trainer.fit()
     return trainer.finish()
 
 

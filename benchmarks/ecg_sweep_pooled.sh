@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Reproduces the pooled-split rows of results/ (issue 8): 5 seeds each, one CPU thread.
-# Usage: bash results/run_pooled.sh [RUNS_DIR]   (default runs/sweeps); summaries are copied into results/.
+# Reproduces the pooled-split rows of benchmarks/results/ecg/: 5 seeds each, one CPU thread.
+# Usage: bash benchmarks/ecg_sweep_pooled.sh [RUNS_DIR]   (default runs/sweeps); summaries are copied into
+# benchmarks/results/ecg/, then `python benchmarks/ecg_report.py` rebuilds its README.md and early.png.
 set -euo pipefail
 RUNS=${1:-runs/sweeps}
+RESULTS="$(dirname "$0")/results/ecg"
 common=(--seeds 5 --threads 1 --no-progress)
 sweep() {  # name, then ecgkern train options
   local name=$1; shift
   ecgkern train "${common[@]}" --out "$RUNS/$name" "$@"
-  cp "$RUNS/$name/summary.json" "results/$name.json"; cp "$RUNS/$name/summary.md" "results/$name.md"
+  cp "$RUNS/$name/summary.json" "$RESULTS/$name.json"; cp "$RUNS/$name/summary.md" "$RESULTS/$name.md"
 }
 sweep pooled-binary                                       # the notebook's experiment
 sweep pooled-binary-steploss --step-loss 0.5              # early-classification training
