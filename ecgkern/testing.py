@@ -15,7 +15,7 @@ raises ``AssertionError`` naming the tensor, the worst element, and by how much 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
