@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import _onnx
 from .backends import get_backend
 
 LayerWeights = tuple  # (w_ih [4H, I], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None)
@@ -209,6 +210,14 @@ def lstm(
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}")
 
+    if _onnx.exporting():
+        _onnx.check_exportable(lengths=lengths, projected=False)
+        output, h_n, c_n = _onnx.export_lstm(
+            input, h0, c0, weights, num_layers=num_layers, bidirectional=bidirectional,
+            dropout=dropout, training=training,
+        )
+        return _caller_layout(output, h_n, c_n, batched=batched, batch_first=batch_first)
+
     # Resolved once per call, not per layer: availability checks may touch the file system.
     recurrence = get_backend(backend, input.device, input.dtype).recurrence
     layer_input = input
@@ -227,8 +236,11 @@ def lstm(
         layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    output = layer_input
-    h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+    return _caller_layout(layer_input, torch.stack(h_n), torch.stack(c_n), batched=batched, batch_first=batch_first)
+
+
+def _caller_layout(output, h_n, c_n, *, batched: bool, batch_first: bool):
+    """``(output, (h_n, c_n))`` from time-major results, in the layout the caller's input had."""
     if not batched:
         return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
     if batch_first:
