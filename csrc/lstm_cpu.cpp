@@ -1,8 +1,8 @@
 // CPU kernels for ecgkern::lstm_recurrence, ecgkern::lstm_recurrence_backward and
 // ecgkern::lstm_recurrence_inference (the forward without the gates, for no-grad calls).
 //
-// The schemas, fake kernels and autograd live in ecgkern/backends/_ops.py; this file only
-// registers the CPU implementations. Layout: xg/gates [T,B,4H], hs/cs [T,B,H], w_hh [4H,H],
+// The public ops' schemas, fake kernels and autograd live in ecgkern/backends/_ops.py; this
+// file registers private ecgkern_cpu::* ops that their CPU kernels call. Layout: xg/gates [T,B,4H], hs/cs [T,B,H], w_hh [4H,H],
 // gate order i, f, g, o (torch.nn.LSTM's).
 //
 // Speed notes (see the cpp backend's README section):
@@ -543,8 +543,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backw
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ecgkern, CPU, m) {
-  m.impl("lstm_recurrence", &lstm_recurrence_cpu);
-  m.impl("lstm_recurrence_backward", &lstm_recurrence_backward_cpu);
-  m.impl("lstm_recurrence_inference", &lstm_recurrence_inference_cpu);
+// Private ops: the public ecgkern::lstm_recurrence* ops are defined in Python (at import of
+// ecgkern) and their CPU kernels load this library on first use and call these.
+TORCH_LIBRARY(ecgkern_cpu, m) {
+  m.def("lstm_recurrence(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor, Tensor)",
+        &lstm_recurrence_cpu);
+  m.def("lstm_recurrence_backward(Tensor dhs, Tensor dcs, Tensor w_hh, Tensor h0, Tensor c0, Tensor hs, "
+        "Tensor cs, Tensor gates) -> (Tensor, Tensor, Tensor, Tensor)",
+        &lstm_recurrence_backward_cpu);
+  m.def("lstm_recurrence_inference(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor)",
+        &lstm_recurrence_inference_cpu);
 }

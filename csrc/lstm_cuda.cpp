@@ -1,6 +1,6 @@
 // Thin torch binding of the CUDA recurrence: checks every input, allocates, picks the strategy,
 // runs the GEMMs through ATen (cuBLAS) and the kernels of lstm_cuda_kernels.cu on the current
-// stream. Registers the CUDA kernels of the ops that ecgkern/backends/_ops.py defines.
+// stream. Registers private ops (ecgkern_cuda::*) that the CUDA kernels of ecgkern/backends/_ops.py call.
 //
 // Only c10/cuda headers (no ATen/cuda, which needs cuBLAS headers), so this file also
 // syntax-checks against a CPU-only torch plus the CUDA runtime headers (.ci/check_cuda_build.sh).
@@ -170,7 +170,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_recurrence_backward_cuda(const T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ecgkern, CUDA, m) {
-  m.impl("lstm_recurrence", &lstm_recurrence_cuda);
-  m.impl("lstm_recurrence_backward", &lstm_recurrence_backward_cuda);
+// Private ops: the public ecgkern::lstm_recurrence* ops are defined in Python (at import of
+// ecgkern) and their CUDA kernels load this library on first use and call these.
+TORCH_LIBRARY(ecgkern_cuda, m) {
+  m.def("lstm_recurrence(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor, Tensor)",
+        &lstm_recurrence_cuda);
+  m.def("lstm_recurrence_backward(Tensor dhs, Tensor dcs, Tensor w_hh, Tensor h0, Tensor c0, Tensor hs, "
+        "Tensor cs, Tensor gates) -> (Tensor, Tensor, Tensor, Tensor)",
+        &lstm_recurrence_backward_cuda);
 }

@@ -8,6 +8,10 @@ Concurrency: one process builds a given hash at a time (an ``flock`` on a lock f
 build, released by the OS even if the builder dies); the build happens in a private temporary
 folder that is renamed into place only when complete, so no process ever loads a half-written
 library. The compiler is ``$CXX`` (default ``c++``), as for torch itself.
+
+``CPU_EXTENSION`` and ``CUDA_EXTENSION`` are the two extensions (sources and flags); each is a
+``LazyExtension``: built or loaded on first use, once per process. ``missing_tools()`` says,
+without building anything or touching the environment, why it could not be built here.
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from ._errors import BackendUnavailableError
 
 try:
     import fcntl
@@ -36,7 +43,7 @@ BUILD_SECONDS: dict[str, float] = {}
 _HEADER_SUFFIXES = (".h", ".hpp", ".cuh")
 
 
-class ExtensionBuildError(RuntimeError):
+class ExtensionBuildError(BackendUnavailableError):
     """The extension could not be built or loaded; the message is one sentence saying why."""
 
 
@@ -197,3 +204,128 @@ def load_extension(
         return _load_built(name, final, python_module)
     except OSError as exc:
         raise ExtensionBuildError(f"loading the {name!r} extension from {final} failed: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA toolchain
+
+
+def find_nvcc() -> str | None:
+    """The nvcc that torch's extension builder will use: $CUDA_HOME (or $CUDA_PATH), then PATH,
+    then /usr/local/cuda."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(variable)
+        if root:
+            candidate = Path(root) / "bin" / "nvcc"
+            return str(candidate) if candidate.is_file() else None
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    candidate = Path("/usr/local/cuda/bin/nvcc")
+    return str(candidate) if candidate.is_file() else None
+
+
+def arch_flags(arch_list: str) -> list[str]:
+    """nvcc -gencode flags for a TORCH_CUDA_ARCH_LIST-style string such as "8.0;9.0+PTX".
+
+    Passed explicitly (torch then adds none of its own), so the architecture is part of the
+    build cache key.
+    """
+    flags = []
+    for item in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        if not item:
+            continue
+        ptx = item.endswith("+PTX")
+        number = item.removesuffix("+PTX").replace(".", "")
+        if not number.isdigit():
+            raise ValueError(f"cannot read CUDA architecture {item!r} in {arch_list!r}; expected e.g. '8.0;9.0'")
+        flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{number},code=compute_{number}")
+    if not flags:
+        raise ValueError(f"no CUDA architecture in {arch_list!r}")
+    return flags
+
+
+def device_arch_list() -> str:
+    """$TORCH_CUDA_ARCH_LIST when set, else the current GPU's compute capability."""
+    explicit = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if explicit:
+        return explicit
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The extensions, built on first use
+
+
+class LazyExtension:
+    """One extension of ``csrc/``: built (or loaded from the cache) on first use, once per
+    process; never at import and never by an availability check."""
+
+    def __init__(self, name: str, sources: tuple[str, ...], *, extra_cflags=(), extra_cuda_cflags=(),
+                 with_cuda: bool = False):
+        self.name = name
+        self.sources = sources
+        self.extra_cflags = tuple(extra_cflags)
+        self.extra_cuda_cflags = tuple(extra_cuda_cflags)
+        self.with_cuda = with_cuda
+        self._lock = threading.Lock()
+        self._state: dict = {}  # "reason": None once loaded, else the build error (tried once)
+
+    @property
+    def loaded(self) -> bool:
+        return self._state.get("reason", "") is None
+
+    def failure(self) -> str | None:
+        """Why the one build attempt of this process failed; None if it succeeded or none ran."""
+        return self._state.get("reason")
+
+    def missing_tools(self) -> str | None:
+        """Why this extension cannot be built here (sources, compiler, ninja, nvcc), cheaply:
+        no build, no environment change. None when it can be (or already is) built."""
+        if self.loaded:
+            return None
+        for source in self.sources:
+            if not (csrc_dir() / source).is_file():
+                return f"its source file {csrc_dir() / source} is missing (an install without csrc/)"
+        if shutil.which(_compiler()) is None:
+            return f"no C++ compiler {_compiler()!r} was found to build it (install g++ or clang++, or point $CXX at one)"
+        from torch.utils import cpp_extension
+
+        if not cpp_extension.is_ninja_available():
+            return "ninja, needed to build it, is not installed (pip install ninja)"
+        return None
+
+    def build(self, arch_list: str | None = None) -> None:
+        """Build (cached on disk) and load it now; raises ``ExtensionBuildError``."""
+        cuda_flags = [*self.extra_cuda_cflags]
+        if self.with_cuda:
+            cuda_flags += arch_flags(arch_list or device_arch_list())
+        load_extension(self.name, [csrc_dir() / s for s in self.sources], extra_cflags=self.extra_cflags,
+                       extra_cuda_cflags=cuda_flags, with_cuda=self.with_cuda)
+
+    def ensure_loaded(self) -> None:
+        """Build/load once per process; raises ``ExtensionBuildError`` (every call, same reason)."""
+        if "reason" not in self._state:
+            with self._lock:
+                if "reason" not in self._state:
+                    try:
+                        self.build()
+                        self._state["reason"] = None
+                    except ExtensionBuildError as exc:
+                        self._state["reason"] = str(exc)
+        if self._state["reason"] is not None:
+            raise ExtensionBuildError(self._state["reason"])
+
+
+# -fopenmp: at::parallel_for is inline OpenMP, without the flag it silently runs on one thread.
+# No -lgomp: the GOMP symbols resolve to the libgomp libtorch_cpu already loaded (one pool).
+# -ffp-contract=off: no compiler-chosen FMAs, so every instantiation (training/inference
+# forward) rounds identically; the GEMMs use explicit fmadd and lose nothing.
+CPU_EXTENSION = LazyExtension("ecgkern_cpu", ("lstm_cpu.cpp",), extra_cflags=("-fopenmp", "-ffp-contract=off"))
+# Line info lets compute-sanitizer name source lines; it does not change the generated code.
+# No fast-math, on purpose. The architecture flags are added at build time (this GPU's own).
+CUDA_EXTENSION = LazyExtension("ecgkern_cuda", ("lstm_cuda.cpp", "lstm_cuda_kernels.cu"),
+                               extra_cuda_cflags=("-lineinfo",), with_cuda=True)

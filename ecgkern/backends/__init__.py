@@ -9,6 +9,10 @@ Every backend module exposes the same small interface:
     otherwise one sentence saying why not.
 ``note(device_type=None) -> str | None`` (optional)
     a caveat shown beside "available" (e.g. triton on CPU runs through its interpreter).
+``prepare()`` (optional)
+    one-time work before the first call (building an extension); raises
+    ``BackendUnavailableError`` saying why it failed. Run on first use, never by
+    ``available_backends()``.
 ``supports(device_type, dtype) -> str | None``
     None when the backend handles tensors of that device type and dtype; else why not.
 ``recurrence(xg, w_hh, h0, c0) -> (hs, cs)``
@@ -21,18 +25,24 @@ Adding a backend is one module and one line in ``_MODULES``.
 """
 from __future__ import annotations
 
-import importlib
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
-_MODULES = {
-    "reference": "ecgkern.backends.reference",
-    "compile": "ecgkern.backends.compiled",
-    "cpp": "ecgkern.backends.cpp",
-    "cuda": "ecgkern.backends.cuda",
-    "triton": "ecgkern.backends.triton",
+from .._errors import BackendUnavailableError
+# Every backend module is imported here, with ecgkern: each is cheap to import (nothing is built
+# or compiled, triton is imported only on first use), every op schema exists from
+# ``import ecgkern`` on, and torch.compile never meets an import inside the layer.
+from . import compiled, cpp, cuda, reference, triton
+
+_MODULES: dict[str, ModuleType] = {
+    "reference": reference,
+    "compile": compiled,
+    "cpp": cpp,
+    "cuda": cuda,
+    "triton": triton,
 }
 
 # Preference of ``auto`` per device type, fastest first (see benchmarks/results/).
@@ -44,9 +54,8 @@ _AUTO_ORDER = {
 
 BACKEND_NAMES = tuple(_MODULES)
 
-
-class BackendUnavailableError(RuntimeError):
-    """Raised when a backend was asked for by name but cannot run here."""
+__all__ = ["BACKEND_NAMES", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend",
+           "resolve_backend_name"]
 
 
 @dataclass(frozen=True)
@@ -62,57 +71,97 @@ class BackendStatus:
         return f"{self.name}: available" + (f" ({self.note})" if self.note else "")
 
 
-_LOADED: dict[str, ModuleType] = {}
-
-
 def _module(name: str) -> ModuleType:
-    module = _LOADED.get(name)
+    module = _MODULES.get(name)
     if module is None:
-        if name not in _MODULES:
-            raise ValueError(
-                f"unknown LSTM backend {name!r}; choose one of {', '.join(('auto',) + BACKEND_NAMES)}"
-            )
-        # A plain dict lookup after the first import: torch.compile cannot trace importlib.
-        module = _LOADED[name] = importlib.import_module(_MODULES[name])
+        raise ValueError(f"unknown LSTM backend {name!r}; choose one of {', '.join(('auto',) + BACKEND_NAMES)}")
     return module
 
 
-def _reason(name: str, device_type: str | None = None) -> str | None:
-    try:
-        return _module(name).unavailable_reason(device_type)
-    except ImportError as exc:  # a broken optional dependency must not break the registry
-        return f"its module failed to import ({exc})"
-
-
 def available_backends(device: str | torch.device | None = None) -> dict[str, BackendStatus]:
-    """Every backend with whether it can run here (on ``device``'s type if given) and why not."""
+    """Every backend with whether it can run here (on ``device``'s type if given) and why not.
+
+    Never builds, compiles or changes the environment: a C++ backend is available when it can be
+    built (compiler, ninja and sources present); it is built on first use.
+    """
     device_type = None if device is None else torch.device(device).type
     out = {}
-    for name in BACKEND_NAMES:
-        reason = _reason(name, device_type)
-        note = getattr(_module(name), "note", None) if reason is None else None
+    for name, module in _MODULES.items():
+        reason = module.unavailable_reason(device_type)
+        note = getattr(module, "note", None) if reason is None else None
         out[name] = BackendStatus(name, reason is None, reason, note(device_type) if note else None)
     return out
+
+
+# Backends whose fallback ``auto`` has already warned about (once per backend and reason).
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_fallback(preferred: str, reason: str, chosen: str) -> None:
+    if (preferred, reason) in _WARNED:
+        return
+    _WARNED.add((preferred, reason))
+    warnings.warn(
+        f"ecgkern: backend 'auto' would use {preferred!r} here but it cannot run ({reason}); "
+        f"falling back to {chosen!r}, which is slower. Fix the cause above (or pass backend={chosen!r} "
+        "to silence this).", RuntimeWarning, stacklevel=4)
+
+
+def _fallback_reason(name: str, device_type: str, dtype: torch.dtype) -> tuple[str | None, bool]:
+    """(why ``name`` cannot run these tensors, whether that reason is about this installation)."""
+    module = _MODULES[name]
+    reason = module.supports(device_type, dtype)
+    if reason is not None:
+        return reason, False
+    return module.unavailable_reason(device_type) or _prepare(module), True
+
+
+def _prepare(module: ModuleType) -> str | None:
+    """Run the backend's one-time preparation (building its extension); the failure, or None."""
+    prepare = getattr(module, "prepare", None)
+    if prepare is None:
+        return None
+    try:
+        prepare()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+# torch.compile runs this once per (name, device type, dtype) while tracing and keeps the
+# answer: it reads files and the build state, which dynamo cannot trace.
+@torch.compiler.assume_constant_result
+def _resolve(name: str, device_type: str, dtype: torch.dtype) -> str:
+    """The backend name that runs these tensors; raises ``BackendUnavailableError``/ValueError."""
+    if name == "auto":
+        order = _AUTO_ORDER.get(device_type, ("reference",))
+        preferred = None
+        for candidate in order:
+            reason, installation = _fallback_reason(candidate, device_type, dtype)
+            if reason is None:
+                if preferred is not None:
+                    _warn_fallback(*preferred, candidate)
+                return candidate
+            if preferred is None and installation:
+                preferred = (candidate, reason)
+        return "reference"
+    module = _module(name)
+    reason = module.unavailable_reason(device_type) or module.supports(device_type, dtype) or _prepare(module)
+    if reason is not None:
+        raise BackendUnavailableError(f"LSTM backend {name!r} cannot run {dtype} tensors on {device_type}: {reason}")
+    return name
 
 
 def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> ModuleType:
     """The backend module that will run tensors of ``device``/``dtype``.
 
-    ``auto`` takes the first of ``_AUTO_ORDER`` that can; a backend named explicitly raises
-    ``BackendUnavailableError`` with its reason when it cannot.
+    ``auto`` takes the first of ``_AUTO_ORDER`` that can (warning once when it skips its first
+    choice for a reason of this installation: no compiler, a failed build, ...); a backend named
+    explicitly raises ``BackendUnavailableError`` with its reason when it cannot.
     """
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
-    if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
-            if _reason(candidate, device.type) is None and _module(candidate).supports(device.type, dtype) is None:
-                return _module(candidate)
-        return _module("reference")
-    module = _module(name)
-    reason = module.unavailable_reason(device.type) or module.supports(device.type, dtype)
-    if reason is not None:
-        raise BackendUnavailableError(f"LSTM backend {name!r} cannot run {dtype} tensors on {device.type}: {reason}")
-    return module
+    return _MODULES[_resolve(name, device.type, dtype)]
 
 
 def resolve_backend_name(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> str:

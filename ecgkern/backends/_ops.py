@@ -1,71 +1,58 @@
-"""The ``torch.library`` custom ops that the compiled backends (cpp, cuda) implement.
+"""``ecgkern::lstm_recurrence``: the op the C++ extensions (cpp on CPU, cuda on CUDA) implement.
 
-Schemas, fake (shape) kernels and the autograd formula live here, once; each extension only
-registers its device kernels with ``TORCH_LIBRARY_IMPL(ecgkern, CPU|CUDA, m)``. That keeps the
-cpp and cuda extensions independent of each other and lets ``torch.library.opcheck`` and
-``torch.compile(fullgraph=True)`` see through both.
+Defined through ``_library.RecurrenceOp`` at import of ecgkern, with Python CPU and CUDA
+kernels that build/load the extension on first use (``_build.CPU_EXTENSION`` /
+``CUDA_EXTENSION``) and call its private ops (``ecgkern_cpu::*`` / ``ecgkern_cuda::*``).
+So a graph saved with ``torch.export`` finds the op after ``import ecgkern`` alone, and the
+extension never registers a kernel for a public op (no double registration, whichever loads
+first).
 
     ecgkern::lstm_recurrence(xg [T,B,4H], w_hh [4H,H], h0 [B,H], c0 [B,H])
         -> (hs [T,B,H], cs [T,B,H], gates [T,B,4H])      gates: activated i, f, g, o per step
     ecgkern::lstm_recurrence_backward(dhs, dcs, w_hh, h0, c0, hs, cs, gates)
         -> (dxg [T,B,4H], dw_hh [4H,H], dh0 [B,H], dc0 [B,H])
     ecgkern::lstm_recurrence_inference(xg, w_hh, h0, c0) -> (hs [T,B,H], cs [T,B,H])
-        the forward without gates, for when no gradient is needed (not differentiable;
-        implemented by the cpp extension only)
+        the forward without gates, for when no gradient can be needed (cpp only)
 """
 from __future__ import annotations
 
 import torch
 
-_LIB = torch.library.Library("ecgkern", "DEF")  # noqa: keep a reference: the ops live as long as it
-_LIB.define("lstm_recurrence(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor, Tensor)")
-_LIB.define(
-    "lstm_recurrence_backward(Tensor dhs, Tensor dcs, Tensor w_hh, Tensor h0, Tensor c0, "
-    "Tensor hs, Tensor cs, Tensor gates) -> (Tensor, Tensor, Tensor, Tensor)"
-)
-
-_LIB.define("lstm_recurrence_inference(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor)")
+from .. import _build
+from . import reference
+from ._library import RecurrenceOp, fake_states_and_gates
 
 
-@torch.library.register_fake("ecgkern::lstm_recurrence_inference")
-def _fake_states(xg, w_hh, h0, c0):
-    T, B, _ = xg.shape
-    H = w_hh.shape[1]
-    return xg.new_empty(T, B, H), xg.new_empty(T, B, H)
-
-
-@torch.library.register_fake("ecgkern::lstm_recurrence")
-def _(xg, w_hh, h0, c0):
-    return *_fake_states(xg, w_hh, h0, c0), torch.empty_like(xg)
-
-
-@torch.library.register_fake("ecgkern::lstm_recurrence_backward")
-def _(dhs, dcs, w_hh, h0, c0, hs, cs, gates):
+def _fake_backward(dhs, dcs, w_hh, h0, c0, hs, cs, gates):
     return torch.empty_like(gates), torch.empty_like(w_hh), torch.empty_like(h0), torch.empty_like(c0)
 
 
-def _setup_context(ctx, inputs, output):
-    _, w_hh, h0, c0 = inputs
-    hs, cs, gates = output
-    ctx.save_for_backward(w_hh, h0, c0, hs, cs, gates)
-    # The gates output is never differentiated: don't let autograd fill a [T, B, 4H] zero grad.
-    ctx.set_materialize_grads(False)
+LSTM_RECURRENCE = RecurrenceOp(
+    "lstm_recurrence",
+    fake=fake_states_and_gates,
+    reference=reference.recurrence,
+    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
+    backward_returns=("xg", "w_hh", "h0", "c0"),
+    backward_fake=_fake_backward,
+)
 
 
-def _backward(ctx, dhs, dcs, _dgates):
-    w_hh, h0, c0, hs, cs, gates = ctx.saved_tensors
-    dhs = torch.zeros_like(hs) if dhs is None else dhs
-    dcs = torch.zeros_like(cs) if dcs is None else dcs
-    dxg, dw_hh, dh0, dc0 = torch.ops.ecgkern.lstm_recurrence_backward(
-        dhs.contiguous(), dcs.contiguous(), w_hh, h0, c0, hs, cs, gates
-    )
-    return dxg, dw_hh, dh0, dc0
+def _extension_ops(extension: _build.LazyExtension, namespace: str):
+    """The private ops of ``extension`` (building/loading it on first use)."""
+    extension.ensure_loaded()  # raises ExtensionBuildError, a BackendUnavailableError
+    return getattr(torch.ops, namespace)
 
 
-torch.library.register_autograd("ecgkern::lstm_recurrence", _backward, setup_context=_setup_context)
+def _cpu(name):
+    return lambda *args: getattr(_extension_ops(_build.CPU_EXTENSION, "ecgkern_cpu"), name)(*args)
 
 
-def recurrence(xg, w_hh, h0, c0):
-    """The backend interface on top of the op: (hs, cs); gates are kept only for backward."""
-    hs, cs, _ = torch.ops.ecgkern.lstm_recurrence(xg.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous())
-    return hs, cs
+def _cuda(name):
+    return lambda *args: getattr(_extension_ops(_build.CUDA_EXTENSION, "ecgkern_cuda"), name)(*args)
+
+
+LSTM_RECURRENCE.register_kernels("cpu", forward=_cpu("lstm_recurrence"), backward=_cpu("lstm_recurrence_backward"),
+                                 inference=_cpu("lstm_recurrence_inference"))
+LSTM_RECURRENCE.register_kernels("cuda", forward=_cuda("lstm_recurrence"), backward=_cuda("lstm_recurrence_backward"))
+
+recurrence = LSTM_RECURRENCE

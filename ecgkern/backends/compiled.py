@@ -7,14 +7,18 @@ compiled, and the time loop stays in Python around them.
   for the four activations, ``c``, ``h``, and the activated gates the backward needs;
 * backward, per step in reverse: ONE fused kernel from (dh, dc, saved gates, c) to the
   pre-activation gate gradients and ``dc_prev``, then ``dh_prev = dgates @ W_hh`` (eager GEMM);
-  after the loop ``dW_hh`` is ONE GEMM over all steps.
+  after the loop ``dW_hh`` is ONE GEMM over all steps (``_library.dw_hh_tail``).
+
+The loops are the kernels of the custom op ``ecgkern::compile_recurrence`` (``_library``):
+an outer ``torch.compile`` sees one opaque op, autograd and ``torch.func`` go through the
+shared formula.
 
 Compilation: each cell is compiled with ``dynamic=True`` once per device and dtype, each pair
 with a code object of its own (dynamo keeps graphs and its recompile limit per code object).
 Sizes are symbolic, so a new batch size, hidden size or sequence length reuses the graphs;
 dynamo only specialises sizes of 1 (B=1 or H=1 add a graph). Every tensor handed to a cell is
 freshly allocated, detached and outside inference mode, and the cells always run with autograd
-off (inside ``autograd.Function.forward``/``backward`` or under ``no_grad``): switching between
+off (``_no_autograd``): switching between
 training, ``no_grad`` and ``inference_mode`` never recompiles (tests/test_compile_backend.py
 checks this with ``torch.compiler.set_stance("fail_on_recompile")``). Nothing is compiled at
 import; the first call compiles (see README for the time) and later calls reuse it.
@@ -26,7 +30,9 @@ import types
 
 import torch
 
+from . import reference
 from ._checks import check_recurrence_args
+from ._library import RecurrenceOp, dw_hh_tail, fake_input_grads, fake_states_and_gates
 
 NAME = "compile"
 
@@ -126,55 +132,56 @@ def _forward(xg, w_hh, h0, c0):
 
 
 def _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts):
-    """-> dxg, dw_hh, dh0, dc0 from the stacked upstream grads, the stacked hs and the per-step
-    lists cs, acts. Must run with autograd off."""
+    """-> dxg, dh0, dc0 (dW_hh: ``dw_hh_tail``). Must run with autograd off."""
     _, cell = _cells(dhs.device, dhs.dtype)
     T = hs.shape[0]
-    c0 = c0.clone()
     dh, dc = dhs[T - 1].clone(), dcs[T - 1].clone()
     dgates = [None] * T
     for t in range(T - 1, -1, -1):
-        dg, dc = cell(dh, dc, acts[t], cs[t], cs[t - 1] if t > 0 else c0)
+        # Fresh copies of the saved steps (views would make dynamo specialise on offsets).
+        c_prev = (cs[t - 1] if t > 0 else c0).clone()
+        dg, dc = cell(dh, dc, acts[t].clone(), cs[t].clone(), c_prev)
         dgates[t] = dg
         if t > 0:
             dh = torch.addmm(dhs[t - 1], dg, w_hh)  # dL/dh_{t-1}: its output grad + recurrent grad
             dc = dc + dcs[t - 1]
-    dh0 = dg @ w_hh
-    dxg = torch.stack(dgates)
-    h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]))
-    G, H = w_hh.shape
-    dw_hh = dxg.reshape(-1, G).t() @ h_prev.reshape(-1, H)  # one GEMM over all steps
-    return dxg, dw_hh, dh0, dc
+    return torch.stack(dgates), dg @ w_hh, dc
 
 
-class _Recurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, xg, w_hh, h0, c0):
-        # Detached, so the cells see requires_grad=False in training and inference alike
-        # (dynamo guards on it; a mismatch would recompile).
-        xg, w_hh, h0, c0 = (t.detach() for t in (xg, w_hh, h0, c0))
-        hs, cs, acts = _forward(xg, w_hh, h0, c0)
-        hs = torch.stack(hs)
-        ctx.save_for_backward(w_hh, h0, c0, hs)
-        ctx.steps = cs, acts  # per-step intermediates (not outputs): fresh tensors for the cells
-        return hs, torch.stack(cs)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dhs, dcs):
-        w_hh, h0, c0, hs = (t.detach() for t in ctx.saved_tensors)
-        cs, acts = ctx.steps
-        return _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts)
+def _no_autograd(fn):
+    """Run ``fn`` with autograd off and outside inference mode: the cells then see the same
+    tensor flags in training, ``no_grad`` and ``inference_mode`` (dynamo guards on them)."""
+    def run(*args):
+        with torch.inference_mode(False), torch.no_grad():
+            return fn(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+    return run
 
 
-@torch._dynamo.disable  # an outer torch.compile runs this as is; the cells are compiled already
+def _forward_stacked(xg, w_hh, h0, c0):
+    hs, cs, acts = _forward(xg, w_hh, h0, c0)
+    return torch.stack(hs), torch.stack(cs), torch.stack(acts)
+
+
+def _inference(xg, w_hh, h0, c0):
+    hs, cs, _ = _forward(xg, w_hh, h0, c0)
+    return torch.stack(hs), torch.stack(cs)
+
+
+# ecgkern::compile_recurrence: opaque to an outer torch.compile (the cells are compiled already).
+COMPILE_RECURRENCE = RecurrenceOp(
+    "compile_recurrence",
+    fake=fake_states_and_gates,
+    reference=reference.recurrence,
+    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
+    backward_returns=("xg", "h0", "c0"),
+    backward_fake=fake_input_grads,
+    tails={"w_hh": dw_hh_tail},
+)
+for _device_type in ("cpu", "cuda"):
+    COMPILE_RECURRENCE.register_kernels(_device_type, forward=_no_autograd(_forward_stacked),
+                                        backward=_no_autograd(_backward), inference=_no_autograd(_inference))
+
+
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
     check_recurrence_args("compile", xg, w_hh, h0, c0, supports(xg.device.type, xg.dtype))
-    args = [t.contiguous() for t in (xg, w_hh, h0, c0)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        return _Recurrence.apply(*args)
-    # Inference tensors carry other dispatch keys, which dynamo guards on: leave inference mode
-    # (the inputs are only read) so that torch.inference_mode() reuses the same graphs too.
-    with torch.inference_mode(False), torch.no_grad():
-        hs, cs, _ = _forward(*(t.detach() for t in args))
-    return torch.stack(hs), torch.stack(cs)
+    return COMPILE_RECURRENCE(xg, w_hh, h0, c0)

@@ -14,26 +14,29 @@ Two paths, sharing the pointwise math in ``_triton_kernels``:
 Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 (GPU only) are computed
 in float32: pointwise math, tl.dot accumulation, and the carried dc of the step path.
 
-Both directions are ``torch.library`` custom ops (``ecgkern::triton_recurrence`` and its
-backward) with fake kernels and ``register_autograd``: autograd works, and ``torch.compile``
-(fullgraph too) treats each as one opaque op.
+Both directions are the kernels of the custom op ``ecgkern::triton_recurrence`` (defined
+through ``_library`` with a ``persistent`` flag): autograd, ``torch.func`` and ``torch.compile``
+(fullgraph too, one opaque op) go through the shared formula; dW_hh is ``dw_hh_tail``.
 
 CPU: the kernels run through Triton's interpreter on CPU tensors -- slow, for tests only
-(``auto`` never picks this backend on CPU; ``available_backends()`` lists it as available and
-``note()`` says "runs on CPU only through Triton's interpreter ..."). The interpreter must be
-chosen before any ``@triton.jit`` function is defined, so when no CUDA device is present this
-module sets ``TRITON_INTERPRET=1`` before importing its kernels, unless the variable is already
-set (an explicit user setting always wins). The variable is process-wide: Triton kernels that
-other code defines later in the same CUDA-less process are interpreted too. With
-TRITON_INTERPRET=1 set by the user on a CUDA machine, this backend runs on CPU tensors only.
+(``auto`` never picks this backend on CPU). The interpreter must be chosen before Triton
+defines the kernels, so it is an explicit switch: set ``TRITON_INTERPRET=1`` in the environment
+before the first call of this backend (before importing ecgkern is safest; the tests' conftest
+does this). This module never sets it: importing ecgkern leaves the environment alone. Triton
+itself is imported on first use, not at import of ecgkern. With TRITON_INTERPRET=1 set on a
+CUDA machine, this backend runs on CPU tensors only.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
 
+from .._errors import BackendUnavailableError
+from . import reference
 from ._checks import check_recurrence_args
+from ._library import RecurrenceOp, dw_hh_tail, fake_input_grads, fake_states_and_gates
 
 NAME = "triton"
 
@@ -41,24 +44,35 @@ NAME = "triton"
 PERSISTENT_MAX_HIDDEN = 64
 
 _HAS_CUDA = torch.cuda.is_available()
-if not _HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-try:
-    from . import _triton_kernels as _k
-    _IMPORT_ERROR = None
-except ImportError as exc:  # triton missing or broken: the backend reports it, the rest works
-    _k = None
-    _IMPORT_ERROR = exc
+_kernels: dict = {}  # "module": the kernels module once imported, or "error": why it cannot be
+
+
+def _triton_error() -> str | None:
+    """Why Triton cannot be used (imported on first call, then cached); None when it can."""
+    if "module" not in _kernels and "error" not in _kernels:
+        try:
+            from . import _triton_kernels
+            _kernels["module"] = _triton_kernels
+        except ImportError as exc:  # triton missing or broken: the backend reports it, the rest works
+            _kernels["error"] = str(exc)
+    return _kernels.get("error")
+
+
+def _k():
+    return _kernels["module"]
+
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CPU_NOTE = "runs on CPU only through Triton's interpreter (slow; for testing)"
 
 
 def unavailable_reason(device_type: str | None = None) -> str | None:
-    if _k is None:
-        return f"Triton cannot be imported ({_IMPORT_ERROR}); install it with `pip install triton` (Linux)"
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed; install it with `pip install triton` (Linux)"
+    if "error" in _kernels:
+        return f"Triton cannot be imported ({_kernels['error']}); install it with `pip install triton` (Linux)"
     if device_type == "cuda":
         if not _HAS_CUDA:
             return "no CUDA device is available"
@@ -72,7 +86,7 @@ def unavailable_reason(device_type: str | None = None) -> str | None:
 def supports(device_type: str, dtype: torch.dtype) -> str | None:
     if device_type == "cpu":
         if not INTERPRETED:
-            return "CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before ecgkern is imported)"
+            return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 in the environment before importing ecgkern"
         if dtype in (torch.float16, torch.bfloat16):
             return f"{dtype} is supported on CUDA only"
         if dtype not in _FLOAT_DTYPES:
@@ -99,7 +113,7 @@ def note(device_type: str | None = None) -> str | None:
 
 def _flags(dtype: torch.dtype) -> dict:
     """Arithmetic dtype of the kernels: float64 for float64 tensors, else float32."""
-    return {"ACC": _k.tl.float64 if dtype == torch.float64 else _k.tl.float32}
+    return {"ACC": _k().tl.float64 if dtype == torch.float64 else _k().tl.float32}
 
 
 def _step_grid(n: int):
@@ -149,7 +163,7 @@ def _forward(xg, w_hh, h0, c0, persistent: bool):
     acts = xg.new_empty(T, B, G)
     if persistent:
         meta = _persistent_meta(B, H, xg.dtype)
-        _k.persistent_forward[(_cdiv(B, meta["BB"]),)](xg, w_hh, h0, c0, hs, cs, acts, T, B, H, **meta)
+        _k().persistent_forward[(_cdiv(B, meta["BB"]),)](xg, w_hh, h0, c0, hs, cs, acts, T, B, H, **meta)
         return hs, cs, acts
     grid, block = _step_grid(B * H)
     gates = xg.new_empty(B, G)
@@ -157,78 +171,53 @@ def _forward(xg, w_hh, h0, c0, persistent: bool):
     h, c = h0, c0
     for t in range(T):
         torch.addmm(xg[t], h, w_t, out=gates)
-        _k.step_forward[grid](gates, c, hs[t], cs[t], acts[t], B * H, H, BLOCK=block, **_flags(xg.dtype))
+        _k().step_forward[grid](gates, c, hs[t], cs[t], acts[t], B * H, H, BLOCK=block, **_flags(xg.dtype))
         h, c = hs[t], cs[t]
     return hs, cs, acts
 
 
 def _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts, persistent: bool):
+    """-> dxg, dh0, dc0 (dW_hh: ``dw_hh_tail``)."""
     T, B, H = hs.shape
-    G = 4 * H
     dxg = torch.empty_like(acts)
     if persistent:
         dh0, dc0 = torch.empty_like(h0), torch.empty_like(c0)
         meta = _persistent_meta(B, H, hs.dtype)
-        _k.persistent_backward[(_cdiv(B, meta["BB"]),)](dhs, dcs, w_hh, c0, cs, acts, dxg, dh0, dc0, T, B, H, **meta)
-    else:
-        grid, block = _step_grid(B * H)
-        # Carried gradients: dc in float32 at least (it sums over all later steps).
-        dh0 = torch.zeros_like(h0)  # dL/dh_t from step t+1, via the GEMM; ends as dL/dh0
-        dc0 = torch.zeros_like(c0, dtype=torch.promote_types(c0.dtype, torch.float32))
-        for t in range(T - 1, -1, -1):
-            c_prev = cs[t - 1] if t > 0 else c0
-            _k.step_backward[grid](dhs[t], dh0, dcs[t], dc0, acts[t], cs[t], c_prev, dxg[t], B * H, H,
-                                   BLOCK=block, **_flags(hs.dtype))
-            torch.mm(dxg[t], w_hh, out=dh0)
-        dc0 = dc0.to(c0.dtype)
-    h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]))
-    dw_hh = dxg.reshape(T * B, G).t() @ h_prev.reshape(T * B, H)  # one GEMM over all steps
-    return dxg, dw_hh, dh0, dc0
+        _k().persistent_backward[(_cdiv(B, meta["BB"]),)](dhs, dcs, w_hh, c0, cs, acts, dxg, dh0, dc0, T, B, H, **meta)
+        return dxg, dh0, dc0
+    grid, block = _step_grid(B * H)
+    # Carried gradients: dc in float32 at least (it sums over all later steps).
+    dh0 = torch.zeros_like(h0)  # dL/dh_t from step t+1, via the GEMM; ends as dL/dh0
+    dc0 = torch.zeros_like(c0, dtype=torch.promote_types(c0.dtype, torch.float32))
+    for t in range(T - 1, -1, -1):
+        c_prev = cs[t - 1] if t > 0 else c0
+        _k().step_backward[grid](dhs[t], dh0, dcs[t], dc0, acts[t], cs[t], c_prev, dxg[t], B * H, H,
+                                 BLOCK=block, **_flags(hs.dtype))
+        torch.mm(dxg[t], w_hh, out=dh0)
+    return dxg, dh0, dc0.to(c0.dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# Custom ops: opaque to torch.compile, differentiable through register_autograd.
+def _loaded(fn):
+    def run(*args):
+        error = _triton_error()
+        if error is not None:
+            raise BackendUnavailableError(f"LSTM backend 'triton' cannot run: Triton cannot be imported ({error})")
+        return fn(*args)
+    return run
 
 
-@torch.library.custom_op("ecgkern::triton_recurrence", mutates_args=(), device_types=("cpu", "cuda"))
-def _recurrence_op(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-                   persistent: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(xg, w_hh, h0, c0, persistent)
-
-
-@_recurrence_op.register_fake
-def _(xg, w_hh, h0, c0, persistent):
-    T, B, G = xg.shape
-    return xg.new_empty(T, B, G // 4), xg.new_empty(T, B, G // 4), xg.new_empty(T, B, G)
-
-
-@torch.library.custom_op("ecgkern::triton_recurrence_backward", mutates_args=(), device_types=("cpu", "cuda"))
-def _recurrence_backward_op(dhs: torch.Tensor, dcs: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor,
-                            c0: torch.Tensor, hs: torch.Tensor, cs: torch.Tensor, acts: torch.Tensor,
-                            persistent: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(dhs, dcs, w_hh, h0, c0, hs, cs, acts, persistent)
-
-
-@_recurrence_backward_op.register_fake
-def _(dhs, dcs, w_hh, h0, c0, hs, cs, acts, persistent):
-    return torch.empty_like(acts), torch.empty_like(w_hh), torch.empty_like(h0), torch.empty_like(c0)
-
-
-def _setup_context(ctx, inputs, output):
-    _, w_hh, h0, c0, persistent = inputs
-    hs, cs, acts = output
-    ctx.persistent = persistent
-    ctx.save_for_backward(w_hh, h0, c0, hs, cs, acts)
-
-
-def _backward_formula(ctx, dhs, dcs, _dacts):
-    w_hh, h0, c0, hs, cs, acts = ctx.saved_tensors
-    dxg, dw_hh, dh0, dc0 = _recurrence_backward_op(dhs.contiguous(), dcs.contiguous(), w_hh, h0, c0, hs, cs, acts,
-                                                   ctx.persistent)
-    return dxg, dw_hh, dh0, dc0, None
-
-
-_recurrence_op.register_autograd(_backward_formula, setup_context=_setup_context)
+TRITON_RECURRENCE = RecurrenceOp(
+    "triton_recurrence",
+    options=(("persistent", "bool"),),
+    fake=fake_states_and_gates,
+    reference=reference.recurrence,
+    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
+    backward_returns=("xg", "h0", "c0"),
+    backward_fake=fake_input_grads,
+    tails={"w_hh": dw_hh_tail},
+)
+for _device_type in ("cpu", "cuda"):
+    TRITON_RECURRENCE.register_kernels(_device_type, forward=_loaded(_forward), backward=_loaded(_backward))
 
 
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, *, persistent: bool | None = None):
@@ -237,5 +226,4 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
     check_recurrence_args("triton", xg, w_hh, h0, c0, unavailable_reason(xg.device.type) or supports(xg.device.type, xg.dtype))
     if persistent is None:
         persistent = use_persistent(xg.device.type, xg.dtype, w_hh.shape[1])
-    hs, cs, _ = _recurrence_op(xg.contiguous(), w_hh.contiguous(), h0.contiguous(), c0.contiguous(), bool(persistent))
-    return hs, cs
+    return TRITON_RECURRENCE(xg, w_hh, h0, c0, persistent=bool(persistent))
