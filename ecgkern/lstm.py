@@ -141,7 +141,8 @@ class LSTM(nn.Module):
             "with .to_torch()"
         )
 
-    def forward(self, input, hx=None, *, lengths=None):
+    # lengths is not keyword-only: the legacy ONNX exporter passes every default positionally.
+    def forward(self, input, hx=None, lengths=None):
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths cannot be combined with a PackedSequence input (it carries its own)")

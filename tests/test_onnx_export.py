@@ -141,3 +141,18 @@ def test_lengths_is_a_clear_error(tmp_path):
 
     with pytest.raises(Exception, match="lengths or a PackedSequence is not supported"):
         torch.onnx.export(WithLengths(), (torch.randn(4, 2, 2),), tmp_path / "m.onnx", dynamo=False)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_bare_module_exports(dynamo, tmp_path):
+    """The layer itself as the exported model (its forward's signature, its tuple output)."""
+    lstm = ecgkern.LSTM(2, 3, num_layers=2).eval()
+    x = torch.randn(4, 2, 2)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(lstm, (x,), path, dynamo=dynamo)
+    out, (h, c) = lstm(x)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    for e, o in zip((out, h, c), got):
+        torch.testing.assert_close(torch.from_numpy(o), e.detach(), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,187 @@
+"""proj_size > 0 (LSTM with projections) against torch.nn.LSTM, on every CPU backend that has it.
+
+A backend without projections must say so when named, and ``auto`` must skip it for such a layer.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import ecgkern
+from ecgkern import backends
+from ecgkern.testing import assert_close
+
+TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-5)}
+GRAD_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
+CPU = torch.device("cpu")
+I, H, P, B, T = 3, 6, 4, 3, 5
+
+GRID = [
+    {"num_layers": L, "bidirectional": bi, "batch_first": bf, "bias": bias, "with_state": st}
+    for L, bi, bf, bias, st in itertools.product((1, 2), (False, True), (False, True), (True, False), (False, True))
+    if not (bf and not st)  # batch_first only moves the input; half its rows cover it
+]
+
+
+def _has_projections(backend: str) -> bool:
+    return hasattr(backends.get_backend(backend, CPU, torch.float32), "projected_recurrence")
+
+
+def _require_projections(backend: str) -> None:
+    if not _has_projections(backend):
+        pytest.skip(f"backend {backend!r} does not implement proj_size (checked by test_named_backend_without_projections_says_so)")
+
+
+def _pair(backend, dtype, from_nn=True, **cfg):
+    torch.manual_seed(0)
+    kw = {k: cfg[k] for k in ("num_layers", "bidirectional", "batch_first", "bias")}
+    ref = nn.LSTM(I, H, proj_size=P, dtype=dtype, **kw)
+    ours = ecgkern.LSTM(I, H, proj_size=P, dtype=dtype, backend=backend, **kw)
+    if from_nn:
+        ours.load_state_dict(ref.state_dict())
+    else:
+        ref.load_state_dict(ours.state_dict())
+    return ref, ours
+
+
+def _inputs(ours, dtype, with_state):
+    g = torch.Generator().manual_seed(2)
+    shape = (B, T, I) if ours.batch_first else (T, B, I)
+    x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
+    if not with_state:
+        return x, None
+    D = ours.num_layers * (2 if ours.bidirectional else 1)
+    h0 = torch.randn(D, B, P, generator=g, dtype=dtype, requires_grad=True)
+    c0 = torch.randn(D, B, H, generator=g, dtype=dtype, requires_grad=True)
+    return x, (h0, c0)
+
+
+def _run(module, x, hx):
+    out, (h, c) = module(x, hx)
+    g = torch.Generator().manual_seed(1)
+    data = out.data if hasattr(out, "batch_sizes") else out
+    loss = (data * torch.randn(data.shape, generator=g, dtype=data.dtype)).sum() + (h * h).sum() + (c * c).sum() * 0.5
+    wanted = [x] + ([*hx] if hx is not None else []) + list(module.parameters())
+    return (data, h, c), torch.autograd.grad(loss, wanted)
+
+
+def _compare(dtype, ours, ref, names):
+    (outs, grads), (ref_outs, ref_grads) = ours, ref
+    for name, a, b in zip(("output", "h_n", "c_n"), outs, ref_outs):
+        assert_close(name, a, b, *TOL[dtype])
+    for name, a, b in zip(names, grads, ref_grads):
+        assert_close(f"grad {name}", a, b, *GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cfg", GRID, ids=lambda c: "-".join(f"{k}={int(v)}" for k, v in c.items()))
+def test_matches_nn_lstm(backend, cfg, dtype):
+    _require_projections(backend)
+    for from_nn in (True, False):
+        ref, ours = _pair(backend, dtype, from_nn=from_nn, **cfg)
+        x, hx = _inputs(ours, dtype, cfg["with_state"])
+        names = ["x"] + (["h0", "c0"] if hx is not None else []) + [n for n, _ in ours.named_parameters()]
+        assert names[len(names) - len(list(ref.parameters())):] == [n for n, _ in ref.named_parameters()]
+        _compare(dtype, _run(ours, x, hx), _run(ref, x, hx), names)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lengths_equal_packed_nn_lstm(backend, bidirectional):
+    _require_projections(backend)
+    dtype = torch.float64
+    ref, ours = _pair(backend, dtype, num_layers=2, bidirectional=bidirectional, batch_first=False, bias=True)
+    x, hx = _inputs(ours, dtype, with_state=True)
+    lengths = torch.tensor([T, 2, 4])
+    out, (h, c) = ours(x, hx, lengths=lengths)
+    packed, (ref_h, ref_c) = ref(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+    ref_out, _ = pad_packed_sequence(packed, total_length=T)
+    for name, a, b in (("output", out, ref_out), ("h_n", h, ref_h), ("c_n", c, ref_c)):
+        assert_close(name, a, b, *TOL[dtype])
+    loss = lambda o, hh, cc: (o * o).sum() + hh.sum() + (cc * cc).sum()  # noqa: E731
+    wanted = [x, *hx, *ours.parameters()]
+    grads = torch.autograd.grad(loss(out, h, c), wanted)
+    ref_grads = torch.autograd.grad(loss(ref_out, ref_h, ref_c), [x, *hx, *ref.parameters()])
+    for k, (a, b) in enumerate(zip(grads, ref_grads)):
+        assert_close(f"grad {k}", a, b, *GRAD_TOL[dtype])
+
+
+def test_unbatched_and_packed_input(backend):
+    _require_projections(backend)
+    ref, ours = _pair(backend, torch.float64, num_layers=1, bidirectional=True, batch_first=False, bias=True)
+    x = torch.randn(T, I, dtype=torch.float64)
+    for a, b in zip(ours(x)[0:1] + ours(x)[1], ref(x)[0:1] + ref(x)[1]):
+        assert_close("unbatched", a, b, *TOL[torch.float64])
+    packed = pack_padded_sequence(torch.randn(T, 2, I, dtype=torch.float64), [T, 3])
+    assert_close("packed output", ours(packed)[0].data, ref(packed)[0].data, *TOL[torch.float64])
+
+
+def test_projected_recurrence_float64_gradcheck(backend):
+    """The backend's projected recurrence itself: float64 gradcheck of every input."""
+    _require_projections(backend)
+    impl = backends.get_backend(backend, CPU, torch.float64, projections=True)
+    if impl.supports("cpu", torch.float64) is not None:
+        pytest.skip(f"backend {backend!r} has no float64 on CPU")
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True)
+            for s in ((4, 2, 4 * 3), (4 * 3, 2), (2, 3), (2, 2), (2, 3))]  # xg, w_hh, w_hr, h0, c0
+    assert torch.autograd.gradcheck(impl.projected_recurrence, args)
+    assert torch.autograd.gradgradcheck(impl.projected_recurrence, args)
+
+
+def test_cpp_projected_op_opcheck():
+    """The custom op's schema, fake kernel and autograd registration (torch.library.opcheck)."""
+    if not _available("cpp"):
+        pytest.skip("the cpp backend is unavailable here")
+    g = torch.Generator().manual_seed(4)
+    args = [torch.randn(s, generator=g, requires_grad=True) for s in ((3, 2, 8), (8, 1), (1, 2), (2, 1), (2, 2))]
+    torch.library.opcheck(torch.ops.ecgkern.lstm_projected_recurrence.default, args)
+
+
+def _available(name: str) -> bool:
+    return ecgkern.available_backends("cpu")[name].available
+
+
+def test_named_backend_without_projections_says_so(backend):
+    if _has_projections(backend):
+        pytest.skip(f"backend {backend!r} implements proj_size")
+    lstm = ecgkern.LSTM(I, H, proj_size=P, backend=backend)
+    with pytest.raises(ecgkern.BackendUnavailableError, match=rf"{backend} backend does not implement LSTM with projections"):
+        lstm(torch.randn(T, B, I))
+
+
+def test_auto_skips_a_backend_without_projections(monkeypatch):
+    monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("compile", "reference"))
+    assert backends.get_backend("auto", CPU, torch.float32).NAME == "compile"
+    assert backends.get_backend("auto", CPU, torch.float32, projections=True).NAME == "reference"
+    lstm = ecgkern.LSTM(I, H, proj_size=P)  # runs, on the reference
+    assert lstm(torch.randn(T, B, I))[0].shape == (T, B, P)
+
+
+def test_initialisation_and_shapes_like_nn_lstm():
+    ours = ecgkern.LSTM(I, H, num_layers=2, proj_size=P, bidirectional=True)
+    ref = nn.LSTM(I, H, num_layers=2, proj_size=P, bidirectional=True)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    bound = 1 / H ** 0.5
+    for p in ours.parameters():
+        assert 0.5 * bound < p.abs().max() <= bound
+    assert "proj_size=4" in repr(ours)
+
+
+def test_wrong_state_sizes_name_the_problem():
+    lstm = ecgkern.LSTM(I, H, proj_size=P, backend="reference")
+    x = torch.randn(T, B, I)
+    with pytest.raises(ValueError, match=r"h_0 has shape \(1, 3, 6\), expected \(1, 3, 4\) .*proj_size"):
+        lstm(x, (torch.zeros(1, B, H), torch.zeros(1, B, H)))
+    with pytest.raises(ValueError, match=r"c_0 has shape \(1, 3, 4\), expected \(1, 3, 6\)"):
+        lstm(x, (torch.zeros(1, B, P), torch.zeros(1, B, P)))
+
+
+def test_onnx_export_is_a_clear_error(tmp_path):
+    pytest.importorskip("onnxscript")
+    lstm = ecgkern.LSTM(I, H, proj_size=P)
+    with pytest.raises(Exception, match="proj_size > 0 is not supported"):
+        torch.onnx.export(lstm, (torch.randn(T, B, I),), tmp_path / "m.onnx", dynamo=False)
