@@ -101,7 +101,7 @@ def test_lengths_equal_packed_nn_lstm(backend, bidirectional):
     ref_out, _ = pad_packed_sequence(packed, total_length=T)
     for name, a, b in (("output", out, ref_out), ("h_n", h, ref_h), ("c_n", c, ref_c)):
         assert_close(name, a, b, *TOL[dtype])
-    loss = lambda o, hh, cc: (o * o).sum() + hh.sum() + (cc * cc).sum()  # noqa: E731
+    loss = lambda o, hh, cc: (o * o).sum() + hh.sum() + (cc * cc).sum()
     wanted = [x, *hx, *ours.parameters()]
     grads = torch.autograd.grad(loss(out, h, c), wanted)
     ref_grads = torch.autograd.grad(loss(ref_out, ref_h, ref_c), [x, *hx, *ref.parameters()])

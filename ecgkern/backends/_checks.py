@@ -33,7 +33,7 @@ def check_projected_args(backend: str, xg, w_hh, w_hr, h0, c0, reason: str | Non
         raise TypeError(f"{backend} backend cannot run {xg.dtype} on {xg.device.type}: {reason}")
     if xg.dim() != 3 or w_hr.dim() != 2:
         raise ValueError(f"{backend} backend: xg must be [T, B, 4H] and w_hr [P, H], got {tuple(xg.shape)} and {tuple(w_hr.shape)}")
-    T, B, G = xg.shape
+    _, B, G = xg.shape
     P, H = w_hr.shape
     if G != 4 * H or tuple(w_hh.shape) != (G, P) or tuple(h0.shape) != (B, P) or tuple(c0.shape) != (B, H):
         raise ValueError(
