@@ -185,3 +185,28 @@ def test_onnx_export_is_a_clear_error(tmp_path):
     lstm = ecgkern.LSTM(I, H, proj_size=P)
     with pytest.raises(Exception, match="proj_size > 0 is not supported"):
         torch.onnx.export(lstm, (torch.randn(T, B, I),), tmp_path / "m.onnx", dynamo=False)
+
+
+def test_compile_export_and_per_sample_grads(backend):
+    """The projected layer through torch.compile(fullgraph), torch.export and torch.func.vmap(grad),
+    each equal to the reference backend's eager result."""
+    _require_projections(backend)
+    torch.manual_seed(0)
+    ours = ecgkern.LSTM(I, H, proj_size=P, bidirectional=True, backend=backend)
+    ref = ecgkern.LSTM(I, H, proj_size=P, bidirectional=True, backend="reference")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(T, 2, I)
+    expected = ref(x)[0]
+    compiled = torch.compile(ours, fullgraph=True, backend="eager")
+    assert_close("compiled", compiled(x)[0], expected, *TOL[torch.float32])
+    exported = torch.export.export(ours, (x,))
+    assert_close("exported", exported.module()(x)[0], expected, *TOL[torch.float32])
+
+    def per_sample(module):
+        params = dict(module.named_parameters())
+        loss = lambda p, xi: torch.func.functional_call(module, p, (xi.unsqueeze(1),))[0].square().sum()
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 1))(params, x)
+
+    got, want = per_sample(ours), per_sample(ref)
+    for name in want:
+        assert_close(f"per-sample grad {name}", got[name], want[name], *GRAD_TOL[torch.float32])
