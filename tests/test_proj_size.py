@@ -210,3 +210,33 @@ def test_compile_export_and_per_sample_grads(backend):
     got, want = per_sample(ours), per_sample(ref)
     for name in want:
         assert_close(f"per-sample grad {name}", got[name], want[name], *GRAD_TOL[torch.float32])
+
+
+def _projected_args(**change):
+    g = torch.Generator().manual_seed(5)
+    shapes = {"xg": (3, 2, 4 * H), "w_hh": (4 * H, P), "w_hr": (P, H), "h0": (2, P), "c0": (2, H)}
+    args = {n: torch.randn(s, generator=g) for n, s in shapes.items()}
+    return {n: change[n](t) if n in change else t for n, t in args.items()}
+
+
+BAD_PROJECTED = {
+    "w_hr transposed": {"w_hr": lambda t: t.t().contiguous()},
+    "h0 of hidden_size": {"h0": lambda t: torch.zeros(2, H)},
+    "c0 of proj_size": {"c0": lambda t: t[:, :P]},
+    "w_hh [4H, H]": {"w_hh": lambda t: torch.zeros(4 * H, H)},
+    "xg 4H+4 columns": {"xg": lambda t: torch.cat([t, t[..., :4]], dim=2)},
+    "w_hr float64": {"w_hr": lambda t: t.double()},
+}
+
+
+@pytest.mark.parametrize("change", BAD_PROJECTED.values(), ids=BAD_PROJECTED.keys())
+def test_projected_recurrence_rejects_inconsistent_arguments(backend, change):
+    """Through the backend and (cpp) straight through its private op: a clear error, never a crash."""
+    _require_projections(backend)
+    impl = backends.get_backend(backend, CPU, torch.float32, projections=True)
+    calls = [impl.projected_recurrence]
+    if backend == "cpp":
+        calls.append(torch.ops.ecgkern_cpu.lstm_projected_recurrence)
+    for call in calls:
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=r"shape|dtype|expected|columns"):
+            call(*_projected_args(**change).values())
