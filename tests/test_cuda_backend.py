@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ecgkern
-from ecgkern import testing
+from ecgkern import _build, testing
 from ecgkern.backends import BackendUnavailableError, available_backends, cuda, get_backend, reference
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -27,8 +27,8 @@ KERNELS = CSRC / "lstm_cuda_kernels.cu"
 
 @pytest.fixture
 def fresh_state(monkeypatch):
-    """A cuda module that has not tried to build yet in this process."""
-    monkeypatch.setattr(cuda, "_state", {})
+    """A cuda extension that has not tried to build yet in this process."""
+    monkeypatch.setattr(_build.CUDA_EXTENSION, "_state", {})
     return cuda
 
 
@@ -55,7 +55,7 @@ def test_reasons_come_in_order_and_never_build(fresh_state, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the availability checks must not build while a cheaper check fails")
 
-    monkeypatch.setattr(cuda, "build_extension", no_build)
+    monkeypatch.setattr(_build.CUDA_EXTENSION, "build", no_build)
     monkeypatch.setattr(torch.version, "cuda", None)
     assert cuda.unavailable_reason().startswith("torch was built without CUDA")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
@@ -68,7 +68,7 @@ def test_reasons_come_in_order_and_never_build(fresh_state, monkeypatch):
 
 def test_once_loaded_the_checks_are_not_repeated(fresh_state, monkeypatch):
     # recurrence() asks on every call; after a successful load that must cost nothing.
-    monkeypatch.setitem(cuda._state, "reason", None)
+    monkeypatch.setitem(_build.CUDA_EXTENSION._state, "reason", None)
     monkeypatch.setattr(cuda, "find_nvcc", lambda: pytest.fail("find_nvcc called after a successful load"))
     assert cuda.unavailable_reason("cuda") is None
     assert cuda.unavailable_reason("cpu") == "the cuda backend runs on CUDA devices only, not on cpu"
@@ -86,12 +86,14 @@ def test_build_error_is_the_reason_and_is_tried_once(fresh_state, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(cuda, "find_nvcc", lambda: "/usr/bin/nvcc")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(cuda, "build_extension", failing_build)
+    monkeypatch.setattr(_build.CUDA_EXTENSION, "build", failing_build)
+    assert cuda.unavailable_reason("cuda") is None  # buildable: the build waits for first use
+    assert calls == []
     for _ in range(2):
-        assert cuda.unavailable_reason("cuda") == "building the 'ecgkern_cuda' extension failed: something specific"
+        with pytest.raises(BackendUnavailableError, match="something specific"):
+            get_backend("cuda", torch.device("cuda"), torch.float32)
     assert len(calls) == 1
-    with pytest.raises(BackendUnavailableError, match="something specific"):
-        get_backend("cuda", torch.device("cuda"), torch.float32)
+    assert cuda.unavailable_reason("cuda") == "building the 'ecgkern_cuda' extension failed: something specific"
 
 
 def test_supports():
@@ -102,12 +104,12 @@ def test_supports():
 
 
 def test_arch_flags():
-    assert cuda.arch_flags("8.0;9.0") == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
-    assert cuda.arch_flags("9.0+PTX") == ["-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]
+    assert _build.arch_flags("8.0;9.0") == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+    assert _build.arch_flags("9.0+PTX") == ["-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]
     with pytest.raises(ValueError, match="cannot read CUDA architecture"):
-        cuda.arch_flags("hopper")
+        _build.arch_flags("hopper")
     with pytest.raises(ValueError, match="no CUDA architecture"):
-        cuda.arch_flags(" ; ")
+        _build.arch_flags(" ; ")
 
 
 def test_find_nvcc_honours_cuda_home(monkeypatch, tmp_path):

@@ -103,8 +103,7 @@ def test_interpreter_is_usable_but_never_auto_on_cpu():
 
 
 def test_missing_triton_is_reported(monkeypatch):
-    monkeypatch.setattr(tb, "_k", None)
-    monkeypatch.setattr(tb, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
+    monkeypatch.setattr(tb, "_kernels", {"error": "No module named 'triton'"})
     reason = tb.unavailable_reason("cpu")
     assert reason is not None and "Triton cannot be imported" in reason
 

@@ -275,9 +275,20 @@ class RecurrenceOp:
         return out, (1,) * n_all
 
     def jvp(self, inputs, tangents) -> tuple:
+        """The reference's jvp at ``inputs`` along ``tangents`` (None: zero)."""
         tangents = tuple(torch.zeros_like(x) if t is None else t for x, t in zip(inputs, tangents))
-        _, out_tangents = torch.func.jvp(lambda *a: tuple(self.reference(*a)), inputs, tangents)
-        return tuple(out_tangents)
+        run = lambda *a: tuple(self.reference(*a))  # noqa: E731
+        if _functorch_active():
+            return tuple(torch.func.jvp(run, inputs, tangents)[1])
+        # Plain forward AD allows no nested level: J v as the vjp of the (linear) vjp u -> J^T u.
+        with torch.enable_grad():
+            primals = [x.detach().requires_grad_() for x in inputs]
+            outs = run(*primals)
+            cotangents = [torch.zeros_like(o, requires_grad=True) for o in outs]
+            vjps = torch.autograd.grad(outs, primals, cotangents, create_graph=True, allow_unused=True)
+            pairs = [(g, t) for g, t in zip(vjps, tangents) if g is not None and g.requires_grad]
+            result = torch.autograd.grad([g for g, _ in pairs], cotangents, [t for _, t in pairs], allow_unused=True)
+        return tuple(torch.zeros_like(o) if r is None else r.detach() for o, r in zip(outs, result))
 
 
 class _TransformableRecurrence(torch.autograd.Function):
