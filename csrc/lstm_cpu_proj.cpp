@@ -5,10 +5,12 @@
 //
 // Private ops of the ecgkern_cpu library (the public ecgkern::lstm_projected_recurrence op, its
 // fake kernel and autograd are defined in ecgkern/backends/_ops_projected.py). The two GEMMs of a
-// step are ATen calls (BLAS); the cell is a plain loop over the batch rows, split across threads.
+// step are ATen calls (BLAS); the cell is vectorised with at::vec over the batch rows, split
+// across threads.
 // dW_hh and dW_hr are one GEMM each after the backward loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,9 +19,12 @@
 
 namespace {
 
+using at::vec::Vectorized;
+
 template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+inline Vectorized<T> sigmoid(const Vectorized<T>& x) {
+  const Vectorized<T> one(T(1));
+  return one / (one + x.neg().exp());
 }
 
 // Rows of the batch, split across threads (a row is 4H..8H values of work per step).
@@ -31,21 +36,35 @@ inline void over_rows(int64_t B, int64_t H, F f) {
   });
 }
 
+// f(j, n) for the vectors of a row of H values: j the first index, n how many (a short tail last).
+template <typename T, typename F>
+inline void over_vectors(int64_t H, F f) {
+  constexpr int64_t V = Vectorized<T>::size();
+  for (int64_t j = 0; j < H; j += V) f(j, std::min<int64_t>(V, H - j));
+}
+
+template <typename T>
+inline Vectorized<T> load(const T* p, int64_t n) {
+  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
+}
+
 // gates holds the pre-activations on entry and the activated gates on return.
 template <typename T>
 void cell_forward(T* gates, const T* c_prev, T* c, T* m, int64_t B, int64_t H) {
+  using Vec = Vectorized<T>;
   over_rows(B, H, [&](int64_t b) {
-    T* gi = gates + b * 4 * H;
-    T* gf = gi + H;
-    T* gg = gi + 2 * H;
-    T* go = gi + 3 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const T i = sigmoid(gi[j]), f = sigmoid(gf[j]), g = std::tanh(gg[j]), o = sigmoid(go[j]);
-      gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
-      const T cn = f * c_prev[b * H + j] + i * g;
-      c[b * H + j] = cn;
-      m[b * H + j] = o * std::tanh(cn);
-    }
+    T* g4 = gates + b * 4 * H;
+    over_vectors<T>(H, [&](int64_t j, int64_t n) {
+      const Vec i = sigmoid(load(g4 + j, n)), f = sigmoid(load(g4 + H + j, n));
+      const Vec g = load(g4 + 2 * H + j, n).tanh(), o = sigmoid(load(g4 + 3 * H + j, n));
+      const Vec cn = f * load(c_prev + b * H + j, n) + i * g;
+      i.store(g4 + j, n);
+      f.store(g4 + H + j, n);
+      g.store(g4 + 2 * H + j, n);
+      o.store(g4 + 3 * H + j, n);
+      cn.store(c + b * H + j, n);
+      (o * cn.tanh()).store(m + b * H + j, n);
+    });
   });
 }
 
@@ -54,21 +73,22 @@ void cell_forward(T* gates, const T* c_prev, T* c, T* m, int64_t B, int64_t H) {
 template <typename T>
 void cell_backward(const T* gates, const T* c, const T* c_prev, const T* dm, const T* dcs,
                    T* dc_next, T* dgates, int64_t B, int64_t H) {
+  using Vec = Vectorized<T>;
+  const Vec one(T(1));
   over_rows(B, H, [&](int64_t b) {
     const T* g4 = gates + b * 4 * H;
     T* d4 = dgates + b * 4 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const int64_t k = b * H + j;
-      const T i = g4[j], f = g4[H + j], g = g4[2 * H + j], o = g4[3 * H + j];
-      const T tc = std::tanh(c[k]);
-      const T dc = dcs[k] + dc_next[k] + dm[k] * o * (T(1) - tc * tc);
-      const T d_o = dm[k] * tc;
-      d4[j] = dc * g * i * (T(1) - i);
-      d4[H + j] = dc * c_prev[k] * f * (T(1) - f);
-      d4[2 * H + j] = dc * i * (T(1) - g * g);
-      d4[3 * H + j] = d_o * o * (T(1) - o);
-      dc_next[k] = dc * f;
-    }
+    const int64_t r = b * H;
+    over_vectors<T>(H, [&](int64_t j, int64_t n) {
+      const Vec i = load(g4 + j, n), f = load(g4 + H + j, n), g = load(g4 + 2 * H + j, n), o = load(g4 + 3 * H + j, n);
+      const Vec tc = load(c + r + j, n).tanh(), dmv = load(dm + r + j, n);
+      const Vec dc = load(dcs + r + j, n) + load(dc_next + r + j, n) + dmv * o * (one - tc * tc);
+      (dc * g * i * (one - i)).store(d4 + j, n);
+      (dc * load(c_prev + r + j, n) * f * (one - f)).store(d4 + H + j, n);
+      (dc * i * (one - g * g)).store(d4 + 2 * H + j, n);
+      (dmv * tc * o * (one - o)).store(d4 + 3 * H + j, n);
+      (dc * f).store(dc_next + r + j, n);
+    });
   });
 }
 
