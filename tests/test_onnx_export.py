@@ -156,3 +156,23 @@ def test_bare_module_exports(dynamo, tmp_path):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     for e, o in zip((out, h, c), got):
         torch.testing.assert_close(torch.from_numpy(o), e.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_unbatched_input_dynamic_time(dynamo, tmp_path):
+    lstm = ecgkern.LSTM(2, 3, bidirectional=True).eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(lstm, (torch.randn(5, 2),), path, dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("time")},))
+        else:
+            torch.onnx.export(lstm, (torch.randn(5, 2),), path, dynamo=False, input_names=["input"],
+                              dynamic_axes={"input": {0: "time"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for time in (1, 9):
+        x = torch.randn(time, 2)
+        out, (h, c) = lstm(x)
+        for e, o in zip((out, h, c), session.run(None, {"input": x.numpy()})):
+            torch.testing.assert_close(torch.from_numpy(o), e.detach(), rtol=1e-4, atol=1e-5)
