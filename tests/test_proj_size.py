@@ -120,7 +120,8 @@ def test_unbatched_and_packed_input(backend):
 
 
 def test_projected_recurrence_float64_gradcheck(backend):
-    """The backend's projected recurrence itself: float64 gradcheck of every input."""
+    """The backend's projected recurrence itself: float64 gradcheck (reverse and forward mode) and
+    gradgradcheck of every input."""
     _require_projections(backend)
     impl = backends.get_backend(backend, CPU, torch.float64, projections=True)
     if impl.supports("cpu", torch.float64) is not None:
@@ -128,7 +129,7 @@ def test_projected_recurrence_float64_gradcheck(backend):
     g = torch.Generator().manual_seed(3)
     args = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True)
             for s in ((4, 2, 4 * 3), (4 * 3, 2), (2, 3), (2, 2), (2, 3))]  # xg, w_hh, w_hr, h0, c0
-    assert torch.autograd.gradcheck(impl.projected_recurrence, args)
+    assert torch.autograd.gradcheck(impl.projected_recurrence, args, check_forward_ad=True)
     assert torch.autograd.gradgradcheck(impl.projected_recurrence, args)
 
 
