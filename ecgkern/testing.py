@@ -5,6 +5,8 @@ Usable on your own kernels::
     from ecgkern.testing import check_recurrence, gradcheck_recurrence, check_module
     check_recurrence(my_recurrence)          # (xg, w_hh, h0, c0) -> (hs, cs), each [T, B, H]
     gradcheck_recurrence(my_recurrence)      # float64 torch.autograd.gradcheck
+    gradgradcheck_recurrence(my_recurrence)  # float64 second order (create_graph=True backward)
+    check_jvp(my_recurrence)                 # forward-mode AD against finite differences
     check_module(my_lstm_module)             # anything with nn.LSTM's attributes and parameter names
     check_backward_memory(my_recurrence)     # the backward's allocations grow linearly in T (CPU)
 
@@ -13,7 +15,7 @@ raises ``AssertionError`` naming the tensor, the worst element, and by how much 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -130,6 +132,32 @@ def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3)
         if not ok:
             # Run again raising, so the caller sees gradcheck's own report of which entry is off.
             torch.autograd.gradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
+
+
+def gradgradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3)), device="cpu", seed: int = 0, fast_mode: bool = True) -> None:
+    """float64 ``torch.autograd.gradgradcheck``: the backward is itself differentiable and right
+    (gradient penalties, MAML). ``fast_mode`` as in ``gradcheck_recurrence`` (on by default)."""
+    for k, (T, B, H) in enumerate(shapes):
+        inputs = [t.requires_grad_(True) for t in random_recurrence_inputs(T, B, H, dtype=torch.float64, device=device, seed=seed + k)]
+        torch.autograd.gradgradcheck(lambda *a: recurrence(*a), inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
+
+
+def check_jvp(recurrence: Recurrence, *, shapes=((1, 1, 1), (4, 2, 3)), device="cpu", seed: int = 0) -> None:
+    """Forward-mode AD (``torch.func.jvp``) in float64 against central finite differences along
+    a random direction of all four inputs; an all-zero tangent fails."""
+    for k, (T, B, H) in enumerate(shapes):
+        inputs = random_recurrence_inputs(T, B, H, dtype=torch.float64, device=device, seed=seed + k)
+        generator = torch.Generator(device=device).manual_seed(seed + 100 + k)
+        direction = tuple(torch.randn(t.shape, dtype=t.dtype, device=device, generator=generator) for t in inputs)
+        _, tangents = torch.func.jvp(lambda *a: tuple(recurrence(*a)), inputs, direction)
+        eps = 1e-6
+        with torch.no_grad():
+            plus = recurrence(*(t + eps * d for t, d in zip(inputs, direction)))
+            minus = recurrence(*(t - eps * d for t, d in zip(inputs, direction)))
+        for name, tangent, p, m in zip(("hs", "cs"), tangents, plus, minus):
+            if bool((tangent == 0).all()):
+                raise AssertionError(f"jvp: the tangent of {name} is all zero at shape (T, B, H) = {(T, B, H)}")
+            assert_close(f"jvp of {name}", tangent, (p - m) / (2 * eps), 1e-6, 1e-7, f"(T, B, H) = {(T, B, H)}")
 
 
 def check_backward_memory(recurrence: Recurrence, *, T: int = 256, B: int = 4, H: int = 8, max_ratio: float = 16.0) -> float | None:

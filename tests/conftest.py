@@ -8,7 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from ecgkern.backends import BACKEND_NAMES, available_backends  # noqa: E402  (after the switch)
+from ecgkern.backends import BACKEND_NAMES, available_backends
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -37,6 +37,7 @@ from types import ModuleType
 import torch
 
 from .._errors import BackendUnavailableError
+
 # Every backend module is imported here, with ecgkern: each is cheap to import (nothing is built
 # or compiled, triton is imported only on first use), every op schema exists from
 # ``import ecgkern`` on, and torch.compile never meets an import inside the layer.

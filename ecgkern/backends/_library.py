@@ -35,7 +35,7 @@ Every output and saved value has its batch dimension at 1 ([T, B, ...]).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch.autograd import forward_ad
@@ -65,6 +65,21 @@ def fake_states_and_gates(xg, w_hh, h0, c0, *options):
 def fake_input_grads(dhs, dcs, w_hh, h0, c0, hs, cs, gates, *options):
     """Fake backward returning (dxg, dh0, dc0); dW_hh comes from ``dw_hh_tail``."""
     return torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0)
+
+
+def lstm_recurrence_op(name: str, *, options: Sequence[tuple[str, str]] = (), kernel_returns_dw_hh: bool = False,
+                       backward_fake: Callable | None = None) -> RecurrenceOp:
+    """The plain LSTM contract (xg, w_hh, h0, c0) -> (hs, cs) saving the activated gates, whose
+    backward kernel takes (dhs, dcs, w_hh, h0, c0, hs, cs, gates) and returns dxg, [dw_hh,]
+    dh0, dc0; without ``kernel_returns_dw_hh``, dW_hh is ``dw_hh_tail``."""
+    from . import reference  # the oracle: plain torch, imports nothing of the op layer
+
+    returns = ("xg", "w_hh", "h0", "c0") if kernel_returns_dw_hh else ("xg", "h0", "c0")
+    return RecurrenceOp(
+        name, options=options, fake=fake_states_and_gates, reference=reference.recurrence,
+        backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"), backward_returns=returns,
+        backward_fake=backward_fake or fake_input_grads, tails={} if kernel_returns_dw_hh else {"w_hh": dw_hh_tail},
+    )
 
 
 def _functorch_active() -> bool:
@@ -127,7 +142,7 @@ class RecurrenceOp:
 
         opts = "".join(f", {kind} {option}" for option, kind in self.options)
         tensors = ", ".join(f"Tensor {n}" for n in self.inputs)
-        ret = lambda k: "(" + ", ".join(["Tensor"] * k) + ")"  # noqa: E731
+        ret = lambda k: "(" + ", ".join(["Tensor"] * k) + ")"
         _LIB.define(f"{name}({tensors}{opts}) -> {ret(len(self.outputs) + len(self.saved))}")
         _LIB.define(f"{name}_inference({tensors}{opts}) -> {ret(len(self.outputs))}")
         bwd = ", ".join(f"Tensor {n}" for n in self.backward_args)
@@ -254,7 +269,7 @@ class RecurrenceOp:
         """Batching rule: fold the vmapped dimension into the recurrence batch when no weight is
         vmapped (one call, outputs' batch dim split back); else one call per vmapped slice."""
         size = next(t.shape[d] for t, d in zip(tensors, in_dims) if d is not None)
-        n_out, n_all = len(self.outputs), len(self.outputs) + len(self.saved)
+        n_all = len(self.outputs) + len(self.saved)
         weights_batched = any(d is not None for name, d in zip(self.inputs, in_dims) if name not in self.batch_dims)
         if weights_batched:
             moved = [t if d is None else t.movedim(d, 0) for t, d in zip(tensors, in_dims)]
@@ -277,7 +292,7 @@ class RecurrenceOp:
     def jvp(self, inputs, tangents) -> tuple:
         """The reference's jvp at ``inputs`` along ``tangents`` (None: zero)."""
         tangents = tuple(torch.zeros_like(x) if t is None else t for x, t in zip(inputs, tangents))
-        run = lambda *a: tuple(self.reference(*a))  # noqa: E731
+        run = lambda *a: tuple(self.reference(*a))
         if _functorch_active():
             return tuple(torch.func.jvp(run, inputs, tangents)[1])
         # Plain forward AD allows no nested level: J v as the vjp of the (linear) vjp u -> J^T u.

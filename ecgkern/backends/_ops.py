@@ -19,22 +19,15 @@ from __future__ import annotations
 import torch
 
 from .. import _build
-from . import reference
-from ._library import RecurrenceOp, fake_states_and_gates
+from ._library import lstm_recurrence_op
 
 
 def _fake_backward(dhs, dcs, w_hh, h0, c0, hs, cs, gates):
     return torch.empty_like(gates), torch.empty_like(w_hh), torch.empty_like(h0), torch.empty_like(c0)
 
 
-LSTM_RECURRENCE = RecurrenceOp(
-    "lstm_recurrence",
-    fake=fake_states_and_gates,
-    reference=reference.recurrence,
-    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
-    backward_returns=("xg", "w_hh", "h0", "c0"),
-    backward_fake=_fake_backward,
-)
+# The C++ kernels compute dW_hh themselves (one GEMM at the end of their reverse loop).
+LSTM_RECURRENCE = lstm_recurrence_op("lstm_recurrence", kernel_returns_dw_hh=True, backward_fake=_fake_backward)
 
 
 def _extension_ops(extension: _build.LazyExtension, namespace: str):

@@ -1,5 +1,5 @@
 """Triton kernels of the ``triton`` backend. Import only through ``ecgkern.backends.triton``,
-which decides TRITON_INTERPRET before these ``@triton.jit`` functions are defined.
+on first use; TRITON_INTERPRET=1 must be set before that for the interpreter (see there).
 
 Two ways to run the recurrence, sharing the same pointwise math (``_cell_fwd``/``_cell_bwd``):
 

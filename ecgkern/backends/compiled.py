@@ -30,9 +30,8 @@ import types
 
 import torch
 
-from . import reference
 from ._checks import check_recurrence_args
-from ._library import RecurrenceOp, dw_hh_tail, fake_input_grads, fake_states_and_gates
+from ._library import lstm_recurrence_op
 
 NAME = "compile"
 
@@ -168,15 +167,7 @@ def _inference(xg, w_hh, h0, c0):
 
 
 # ecgkern::compile_recurrence: opaque to an outer torch.compile (the cells are compiled already).
-COMPILE_RECURRENCE = RecurrenceOp(
-    "compile_recurrence",
-    fake=fake_states_and_gates,
-    reference=reference.recurrence,
-    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
-    backward_returns=("xg", "h0", "c0"),
-    backward_fake=fake_input_grads,
-    tails={"w_hh": dw_hh_tail},
-)
+COMPILE_RECURRENCE = lstm_recurrence_op("compile_recurrence")
 for _device_type in ("cpu", "cuda"):
     COMPILE_RECURRENCE.register_kernels(_device_type, forward=_no_autograd(_forward_stacked),
                                         backward=_no_autograd(_backward), inference=_no_autograd(_inference))

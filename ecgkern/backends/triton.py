@@ -34,9 +34,8 @@ import os
 import torch
 
 from .._errors import BackendUnavailableError
-from . import reference
 from ._checks import check_recurrence_args
-from ._library import RecurrenceOp, dw_hh_tail, fake_input_grads, fake_states_and_gates
+from ._library import lstm_recurrence_op
 
 NAME = "triton"
 
@@ -206,16 +205,7 @@ def _loaded(fn):
     return run
 
 
-TRITON_RECURRENCE = RecurrenceOp(
-    "triton_recurrence",
-    options=(("persistent", "bool"),),
-    fake=fake_states_and_gates,
-    reference=reference.recurrence,
-    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
-    backward_returns=("xg", "h0", "c0"),
-    backward_fake=fake_input_grads,
-    tails={"w_hh": dw_hh_tail},
-)
+TRITON_RECURRENCE = lstm_recurrence_op("triton_recurrence", options=(("persistent", "bool"),))
 for _device_type in ("cpu", "cuda"):
     TRITON_RECURRENCE.register_kernels(_device_type, forward=_loaded(_forward), backward=_loaded(_backward))
 
