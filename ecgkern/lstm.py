@@ -117,21 +117,21 @@ class LSTM(nn.Module):
     @classmethod
     def from_torch(cls, module: nn.LSTM, backend: str = "auto") -> LSTM:
         """An ``ecgkern.LSTM`` equal to ``module`` (a ``torch.nn.LSTM``): same configuration,
-        a copy of its weights, on its device and dtype, in its training mode."""
+        a copy of its weights (and their requires_grad), on its device and dtype, in its
+        training mode."""
         if not isinstance(module, nn.LSTM):
             raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
         weight = module.weight_ih_l0
         out = cls(**{k: getattr(module, k) for k in cls._CONFIG}, backend=backend, device=weight.device, dtype=weight.dtype)
-        out.load_state_dict(module.state_dict())
-        return out.train(module.training)
+        return _copy_state(module, out)
 
     def to_torch(self) -> nn.LSTM:
-        """A ``torch.nn.LSTM`` equal to this module: same configuration, a copy of the weights,
-        on the same device and dtype, in the same training mode (the backend choice is dropped)."""
+        """A ``torch.nn.LSTM`` equal to this module: same configuration, a copy of the weights
+        (and their requires_grad), on the same device and dtype, in the same training mode (the
+        backend choice is dropped)."""
         weight = self.weight_ih_l0
         out = nn.LSTM(**{k: getattr(self, k) for k in self._CONFIG}, device=weight.device, dtype=weight.dtype)
-        out.load_state_dict(self.state_dict())
-        return out.train(self.training)
+        return _copy_state(self, out)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this on every submodule before compiling.
@@ -184,3 +184,11 @@ class LSTM(nn.Module):
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
         return s + f", backend={self.backend!r}"
+
+
+def _copy_state(source: nn.Module, target: nn.Module) -> nn.Module:
+    """``target`` with ``source``'s parameter values and requires_grad flags and training mode."""
+    target.load_state_dict(source.state_dict())
+    for p, q in zip(source.parameters(), target.parameters(), strict=True):  # same names, same order
+        q.requires_grad_(p.requires_grad)
+    return target.train(source.training)

@@ -60,9 +60,13 @@ def test_from_torch_copies_weights_and_matches(backend, cfg):
             torch.testing.assert_close(a, b)
 
 
-def test_from_torch_keeps_training_mode_and_rejects_other_modules():
-    ref = _nn({})
-    assert ecgkern.LSTM.from_torch(ref).training
+def test_conversions_keep_training_mode_and_frozen_weights_and_reject_other_modules():
+    ref = _nn({"num_layers": 2})
+    ref.weight_hh_l0.requires_grad_(False)
+    ours = ecgkern.LSTM.from_torch(ref)
+    assert ours.training and not ours.weight_hh_l0.requires_grad and ours.weight_hh_l1.requires_grad
+    back = ours.to_torch()
+    assert back.training and not back.weight_hh_l0.requires_grad and back.weight_ih_l0.requires_grad
     with pytest.raises(TypeError, match="from_torch expects a torch.nn.LSTM, got GRU"):
         ecgkern.LSTM.from_torch(nn.GRU(3, 5))
 
