@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import torch
 
+try:  # the dynamo exporter's own flag, set for the whole of torch.onnx.export(dynamo=True)
+    from torch.onnx._internal.exporter import _flags as _dynamo_exporter_flags
+except ImportError:  # a torch without it: is_in_onnx_export() alone
+    _dynamo_exporter_flags = None
+
 
 def exporting() -> bool:
-    """True while ``torch.onnx.export`` (either exporter) is tracing the model."""
-    return torch.onnx.is_in_onnx_export()
+    """True while ``torch.onnx.export`` (either exporter) is tracing the model.
+
+    ``torch.onnx.is_in_onnx_export()`` says so, except under dynamo, which folds that call to
+    False; the dynamo exporter traces with dynamo when its first attempt (non-strict
+    ``torch.export``) fails, so its flag is read directly as well (see ``export_lstm``).
+    """
+    if torch.onnx.is_in_onnx_export():
+        return True
+    return bool(getattr(_dynamo_exporter_flags, "_is_onnx_exporting", False))
 
 
 def check_exportable(*, lengths, projected: bool) -> None:
@@ -46,6 +58,14 @@ def export_lstm(input, h0, c0, weights, *, num_layers, bidirectional, dropout, t
     if torch.jit.is_tracing():  # the legacy exporter traces with TorchScript
         return builtin_lstm(input, h0, c0, weights, num_layers=num_layers, bidirectional=bidirectional,
                             dropout=dropout, training=training)
+    if torch.compiler.is_dynamo_compiling():
+        # The dynamo exporter's strict fallback, tried only after non-strict torch.export failed
+        # (the exporter reports that error first); dynamo cannot trace torch.onnx.ops.
+        raise NotImplementedError(
+            "ONNX export of ecgkern.LSTM runs through torch.export's non-strict mode, the dynamo "
+            "exporter's first attempt; that attempt failed (see its error), and the strict (dynamo) "
+            "fallback cannot emit ONNX's LSTM operator"
+        )
     if training and dropout > 0 and num_layers > 1:
         raise NotImplementedError(
             "ONNX export of an LSTM with dropout in training mode is not supported; call model.eval() first"

@@ -176,3 +176,22 @@ def test_unbatched_input_dynamic_time(dynamo, tmp_path):
         out, (h, c) = lstm(x)
         for e, o in zip((out, h, c), session.run(None, {"input": x.numpy()})):
             torch.testing.assert_close(torch.from_numpy(o), e.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_dynamo_training_dropout_is_a_clear_error(tmp_path):
+    lstm = ecgkern.LSTM(2, 3, num_layers=2, dropout=0.5).train()
+    with pytest.raises(Exception, match="dropout in training mode is not supported; call model.eval"):
+        torch.onnx.export(lstm, (torch.randn(4, 2, 2),), tmp_path / "m.onnx", dynamo=True)
+
+
+def test_strict_fallback_of_the_dynamo_exporter_is_a_clear_error(monkeypatch):
+    """When non-strict torch.export fails the dynamo exporter retries with dynamo (strict), which
+    folds is_in_onnx_export() to False; the layer still knows it is exporting and says what to fix,
+    instead of leaving ecgkern's op in the graph for the exporter to fail on."""
+    from ecgkern import _onnx
+
+    if _onnx._dynamo_exporter_flags is None:
+        pytest.skip("this torch has no dynamo exporter flag")
+    monkeypatch.setattr(_onnx._dynamo_exporter_flags, "_is_onnx_exporting", True)
+    with pytest.raises(Exception, match="runs through torch.export's non-strict mode"):
+        torch.export.export(ecgkern.LSTM(2, 3), (torch.randn(4, 2, 2),), strict=True)
