@@ -26,7 +26,7 @@ def _nn(cfg, dtype=torch.float32):
 
 def _runs_config(backend: str, cfg) -> bool:
     return not cfg.get("proj_size") or hasattr(backends.get_backend(backend, torch.device("cpu"), torch.float32),
-                                               "projected_recurrence")
+                                               "supports_projections")
 
 
 @pytest.mark.parametrize("cfg", CONFIGS.values(), ids=CONFIGS.keys())

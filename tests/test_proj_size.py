@@ -28,7 +28,7 @@ GRID = [
 
 
 def _has_projections(backend: str) -> bool:
-    return hasattr(backends.get_backend(backend, CPU, torch.float32), "projected_recurrence")
+    return hasattr(backends.get_backend(backend, CPU, torch.float32), "supports_projections")
 
 
 def _require_projections(backend: str) -> None:
@@ -241,3 +241,15 @@ def test_projected_recurrence_rejects_inconsistent_arguments(backend, change):
     for call in calls:
         with pytest.raises((ValueError, TypeError, RuntimeError), match=r"shape|dtype|expected|columns"):
             call(*_projected_args(**change).values())
+
+
+def test_auto_skips_a_backend_whose_projections_lack_the_dtype(monkeypatch):
+    """A backend with projections for some dtypes only is skipped by auto for the others."""
+    reference = backends.get_backend("reference", CPU, torch.float32)
+    monkeypatch.setattr(reference, "supports_projections", lambda device_type, dtype: "no float64 projections here")
+    monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("reference", "cpp"))
+    if not _available("cpp"):
+        pytest.skip("the cpp backend is unavailable here")
+    assert backends.get_backend("auto", CPU, torch.float64, projections=True).NAME == "cpp"
+    with pytest.raises(ecgkern.BackendUnavailableError, match="no float64 projections here"):
+        backends.get_backend("reference", CPU, torch.float64, projections=True)

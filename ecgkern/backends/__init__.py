@@ -20,11 +20,12 @@ Every backend module exposes the same small interface:
     projection plus both biases, ``w_hh`` [4H, H], ``h0``/``c0`` [B, H]. Returns the hidden
     and cell state after every step, each [T, B, H]; the final states are ``hs[-1]``,
     ``cs[-1]``. Differentiable with respect to all four inputs.
-``projected_recurrence(xg, w_hh, w_hr, h0, c0) -> (hs, cs)`` (optional)
+``projected_recurrence(xg, w_hh, w_hr, h0, c0) -> (hs, cs)`` and
+``supports_projections(device_type, dtype) -> str | None`` (optional, both or neither)
     the recurrence with projections (nn.LSTM's ``proj_size``): ``w_hh`` [4H, P], ``w_hr``
     [P, H], ``h0`` [B, P], ``c0`` [B, H]; ``h = (o * tanh(c)) @ w_hr^T``, so ``hs`` is
-    [T, B, P] and ``cs`` [T, B, H]. A backend without it cannot run such a layer; ``auto``
-    skips it there.
+    [T, B, P] and ``cs`` [T, B, H]; and for which tensors it runs (None, or why not). A
+    backend without them cannot run such a layer; ``auto`` skips it there.
 
 Adding a backend is one module and one line in ``_MODULES``.
 """
@@ -113,17 +114,20 @@ def _warn_fallback(preferred: str, reason: str, chosen: str) -> None:
         "to silence this).", RuntimeWarning, stacklevel=4)
 
 
-def _projection_reason(module: ModuleType, projections: bool) -> str | None:
+def _projection_reason(module: ModuleType, projections: bool, device_type: str, dtype: torch.dtype) -> str | None:
     """Why ``module`` cannot run a layer with projections (None when it can or none is asked)."""
-    if projections and not hasattr(module, "projected_recurrence"):
+    if not projections:
+        return None
+    supports_projections = getattr(module, "supports_projections", None)
+    if supports_projections is None:
         return f"the {module.NAME} backend does not implement LSTM with projections (proj_size > 0)"
-    return None
+    return supports_projections(device_type, dtype)
 
 
 def _fallback_reason(name: str, device_type: str, dtype: torch.dtype, projections: bool) -> tuple[str | None, bool]:
     """(why ``name`` cannot run these tensors, whether that reason is about this installation)."""
     module = _MODULES[name]
-    reason = module.supports(device_type, dtype) or _projection_reason(module, projections)
+    reason = module.supports(device_type, dtype) or _projection_reason(module, projections, device_type, dtype)
     if reason is not None:
         return reason, False
     return module.unavailable_reason(device_type) or _prepare(module), True
@@ -160,7 +164,7 @@ def _resolve(name: str, device_type: str, dtype: torch.dtype, projections: bool 
         return "reference"
     module = _module(name)
     reason = (module.unavailable_reason(device_type) or module.supports(device_type, dtype)
-              or _projection_reason(module, projections) or _prepare(module))
+              or _projection_reason(module, projections, device_type, dtype) or _prepare(module))
     if reason is not None:
         raise BackendUnavailableError(f"LSTM backend {name!r} cannot run {dtype} tensors on {device_type}: {reason}")
     return name

@@ -24,6 +24,10 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
     return _loop(xg, w_hh, h0, c0)
 
 
+def supports_projections(device_type: str, dtype: torch.dtype) -> str | None:
+    return supports(device_type, dtype)
+
+
 def projected_recurrence(xg: torch.Tensor, w_hh: torch.Tensor, w_hr: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
     """The recurrence with projections (nn.LSTM's proj_size): ``h = (o * tanh(c)) @ w_hr^T``.
 
