@@ -14,7 +14,7 @@ if torch.version.cuda is None:
     sys.exit(f"torch {torch.__version__} was built without CUDA; this check needs a CUDA build of torch")
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-from ecgkern import _build  # noqa: E402  (after the arch list is set)
+from ecgkern import _build  # after the arch list is set
 
 start = time.perf_counter()
 _build.CUDA_EXTENSION.build(arch_list=os.environ["TORCH_CUDA_ARCH_LIST"])

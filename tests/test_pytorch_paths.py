@@ -193,7 +193,9 @@ def test_exported_under_no_grad_then_trained(backend):
 
 def test_inference_op_refuses_to_be_differentiated():
     xg, w_hh, h0, c0 = (t.requires_grad_() for t in random_recurrence_inputs(2, 2, 3))
-    get_backend("cpp", CPU, torch.float32) if backends.cpp.unavailable_reason() is None else pytest.skip("no cpp")
+    if backends.cpp.unavailable_reason() is not None:
+        pytest.skip(f"the cpp backend is unavailable: {backends.cpp.unavailable_reason()}")
+    get_backend("cpp", CPU, torch.float32)  # builds/loads the extension
     hs, _ = torch.ops.ecgkern.lstm_recurrence_inference(xg, w_hh, h0, c0)
     with pytest.raises(RuntimeError, match="has no gradient"):
         hs.sum().backward()
