@@ -326,7 +326,7 @@ class LazyExtension:
 # No -lgomp: the GOMP symbols resolve to the libgomp libtorch_cpu already loaded (one pool).
 # -ffp-contract=off: no compiler-chosen FMAs, so every instantiation (training/inference
 # forward) rounds identically; the GEMMs use explicit fmadd and lose nothing.
-CPU_EXTENSION = LazyExtension("ecgkern_cpu", ("lstm_cpu.cpp",), extra_cflags=("-fopenmp", "-ffp-contract=off"))
+CPU_EXTENSION = LazyExtension("ecgkern_cpu", ("lstm_cpu.cpp", "lstm_cpu_proj.cpp"), extra_cflags=("-fopenmp", "-ffp-contract=off"))
 # Line info lets compute-sanitizer name source lines; it does not change the generated code.
 # No fast-math, on purpose. The architecture flags are added at build time (this GPU's own).
 CUDA_EXTENSION = LazyExtension("ecgkern_cuda", ("lstm_cuda.cpp", "lstm_cuda_kernels.cu"),

@@ -10,9 +10,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import _onnx
 from .backends import get_backend
 
-LayerWeights = tuple  # (w_ih [4H, I], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None)
+# (w_ih [4H, I], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None), and with projections
+# (nn.LSTM's proj_size = P) a fifth, w_hr [P, H], with w_hh then [4H, P].
+LayerWeights = tuple
 
 
 def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih, b_hh) -> torch.Tensor:
@@ -52,8 +55,11 @@ def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, re
 
     Returns ``(out [T, B, H], h_n [B, H], c_n [B, H])``. With ``lengths``, positions past a
     sequence's end are zero in ``out`` and ``h_n``/``c_n`` are the states at its last valid step.
+    With projections (a fifth weight ``w_hr`` [P, H]) ``recurrence`` is the backend's
+    ``projected_recurrence`` and ``out``/``h_n`` have P features.
     """
-    w_ih, w_hh, b_ih, b_hh = weights
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    recurrent_weights = (w_hh, *weights[4:])
     mask = None
     if lengths is not None:
         mask = _time_mask(lengths, x.shape[0], x.device)
@@ -62,12 +68,13 @@ def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, re
     if reverse:
         x = reverse_sequences(x, lengths)
     xg = input_projection(x, w_ih, b_ih, b_hh)
-    hs, cs = recurrence(xg, w_hh, h0, c0)
+    hs, cs = recurrence(xg, *recurrent_weights, h0, c0)
     if lengths is None:
         h_n, c_n = hs[-1], cs[-1]
     else:
-        last = (lengths.to(x.device) - 1).view(1, -1, 1).expand(1, hs.shape[1], hs.shape[2])
-        h_n, c_n = hs.gather(0, last)[0], cs.gather(0, last)[0]
+        last = (lengths.to(x.device) - 1).view(1, -1, 1)
+        h_n = hs.gather(0, last.expand(1, *hs.shape[1:]))[0]
+        c_n = cs.gather(0, last.expand(1, *cs.shape[1:]))[0]
         hs = torch.where(mask, hs, hs.new_zeros(()))
     if reverse:
         hs = reverse_sequences(hs, lengths)
@@ -105,22 +112,29 @@ def _check_tensor(label: str, t, shape: tuple, ref: torch.Tensor, hint: str = ""
         raise TypeError(f"{label} dtype {t.dtype} does not match input dtype {ref.dtype}")
 
 
-def _check_state(name: str, state, expected: tuple, ref: torch.Tensor) -> None:
-    _check_tensor(f"LSTM {name}", state, expected, ref, " (num_layers * num_directions, batch, hidden_size)")
+def _check_state(name: str, state, expected: tuple, ref: torch.Tensor, size_name: str = "hidden_size") -> None:
+    _check_tensor(f"LSTM {name}", state, expected, ref, f" (num_layers * num_directions, batch, {size_name})")
 
 
-def _check_weights(weights: Sequence[LayerWeights], input_size: int, hidden: int, num_directions: int, ref: torch.Tensor) -> None:
-    """Every layer's (w_ih, w_hh, b_ih, b_hh): nn.LSTM's shapes, and the input's dtype and device."""
+def _check_weights(weights: Sequence[LayerWeights], input_size: int, hidden: int, cell: int, num_directions: int,
+                   ref: torch.Tensor) -> None:
+    """Every layer's (w_ih, w_hh, b_ih, b_hh[, w_hr]): nn.LSTM's shapes, and the input's dtype and device.
+
+    ``hidden``: size of h (proj_size with projections); ``cell``: size of c (hidden_size).
+    """
+    projected = len(weights[0]) == 5
     for k, layer_weights in enumerate(weights):
-        if not isinstance(layer_weights, (tuple, list)) or len(layer_weights) != 4:
-            raise ValueError(f"weights[{k}] must be a tuple (w_ih, w_hh, b_ih, b_hh), got {type(layer_weights).__name__}")
+        if not isinstance(layer_weights, (tuple, list)) or len(layer_weights) != len(weights[0]):
+            raise ValueError(f"weights[{k}] must be a tuple (w_ih, w_hh, b_ih, b_hh{', w_hr' if projected else ''}), "
+                             f"like weights[0], got {type(layer_weights).__name__}")
         layer_input = input_size if k < num_directions else hidden * num_directions
         b_ih, b_hh = layer_weights[2], layer_weights[3]
         if (b_ih is None) != (b_hh is None):
             raise ValueError(f"weights[{k}]: b_ih and b_hh must both be tensors or both be None")
-        expected = {"w_ih": (4 * hidden, layer_input), "w_hh": (4 * hidden, hidden), "b_ih": (4 * hidden,), "b_hh": (4 * hidden,)}
+        expected = {"w_ih": (4 * cell, layer_input), "w_hh": (4 * cell, hidden), "b_ih": (4 * cell,),
+                    "b_hh": (4 * cell,), "w_hr": (hidden, cell)}
         for (name, shape), w in zip(expected.items(), layer_weights):
-            if w is not None:
+            if w is not None or name == "w_hr":
                 _check_tensor(f"weights[{k}] {name}", w, shape, ref)
 
 
@@ -163,7 +177,9 @@ def lstm(
     ``input``: [T, B, I] (or [B, T, I] with ``batch_first``) or unbatched [T, I].
     ``hx``: None or ``(h0, c0)``, each [num_layers * num_directions, B, H] ([L*D, H] unbatched).
     ``weights``: one ``(w_ih, w_hh, b_ih, b_hh)`` per layer and direction, in nn.LSTM's order
-    (layer 0 forward, layer 0 reverse, layer 1 forward, ...); biases may be None.
+    (layer 0 forward, layer 0 reverse, layer 1 forward, ...); biases may be None. With
+    projections (nn.LSTM's proj_size = P) each tuple ends with ``w_hr`` [P, H]; then h0, h_n
+    and the output have P features per direction, c0 and c_n H.
     ``lengths``: optional valid length per sequence (ints >= 1, <= T); output past it is zero.
     Returns ``(output, (h_n, c_n))``.
     """
@@ -171,12 +187,16 @@ def lstm(
     if len(weights) != num_layers * num_directions:
         raise ValueError(f"expected {num_layers * num_directions} weight tuples (num_layers * num_directions), got {len(weights)}")
     first = weights[0]
-    if not (isinstance(first, (tuple, list)) and len(first) == 4 and all(isinstance(w, torch.Tensor) and w.dim() == 2 for w in first[:2])):
-        raise ValueError("weights[0] must be a tuple (w_ih [4H, I], w_hh [4H, H], b_ih, b_hh) with 2-D weight tensors")
+    if not (isinstance(first, (tuple, list)) and len(first) in (4, 5)
+            and all(isinstance(w, torch.Tensor) and w.dim() == 2 for w in (*first[:2], *first[4:]))):
+        raise ValueError("weights[0] must be a tuple (w_ih [4H, I], w_hh [4H, H], b_ih, b_hh[, w_hr [P, H]]) "
+                         "with 2-D weight tensors")
     w_ih0, w_hh0 = first[0], first[1]
-    hidden = w_hh0.shape[1]
+    projected = len(first) == 5
+    hidden = w_hh0.shape[1]  # size of h: proj_size with projections
+    cell = first[4].shape[1] if projected else hidden  # size of c: hidden_size
     _check_input(input, w_ih0.shape[1], w_ih0)
-    _check_weights(weights, w_ih0.shape[1], hidden, num_directions, input)
+    _check_weights(weights, w_ih0.shape[1], hidden, cell, num_directions, input)
     batched = input.dim() == 3
     if not batched:
         input = input.unsqueeze(1)
@@ -188,8 +208,9 @@ def lstm(
     if T == 0:
         raise ValueError("LSTM: expected a sequence length > 0, got an input with 0 time steps")
     state_shape = (num_layers * num_directions, B, hidden)
+    cell_shape = (num_layers * num_directions, B, cell)
     if hx is None:
-        h0 = c0 = input.new_zeros(state_shape)
+        h0, c0 = input.new_zeros(state_shape), input.new_zeros(cell_shape)
     else:
         if isinstance(hx, torch.Tensor) or (isinstance(hx, (tuple, list)) and len(hx) == 1):
             raise ValueError("LSTM hx must be a tuple (h_0, c_0): h_0 was given without c_0")
@@ -197,20 +218,29 @@ def lstm(
             raise ValueError(f"LSTM hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
         h0, c0 = hx
         if not batched:
-            expected = (num_layers * num_directions, hidden)
-            for name, s in (("h_0", h0), ("c_0", c0)):
+            for name, s, size in (("h_0", h0, hidden), ("c_0", c0, cell)):
                 if isinstance(s, torch.Tensor) and s.dim() != 2:
+                    expected = (num_layers * num_directions, size)
                     raise ValueError(f"LSTM {name} for unbatched input must be 2D {expected}, got shape {tuple(s.shape)}")
             h0, c0 = (s.unsqueeze(1) if isinstance(s, torch.Tensor) else s for s in (h0, c0))
-        _check_state("h_0", h0, state_shape, input)
-        _check_state("c_0", c0, state_shape, input)
+        _check_state("h_0", h0, state_shape, input, "proj_size" if projected else "hidden_size")
+        _check_state("c_0", c0, cell_shape, input)
     if lengths is not None:
         lengths = _check_lengths(lengths, T, B, input.device)
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}")
 
+    if _onnx.exporting():
+        _onnx.check_exportable(lengths=lengths, projected=projected)
+        output, h_n, c_n = _onnx.export_lstm(
+            input, h0, c0, weights, num_layers=num_layers, bidirectional=bidirectional,
+            dropout=dropout, training=training,
+        )
+        return _caller_layout(output, h_n, c_n, batched=batched, batch_first=batch_first)
+
     # Resolved once per call, not per layer: availability checks may touch the file system.
-    recurrence = get_backend(backend, input.device, input.dtype).recurrence
+    impl = get_backend(backend, input.device, input.dtype, projections=projected)
+    recurrence = impl.projected_recurrence if projected else impl.recurrence
     layer_input = input
     h_n, c_n = [], []
     for layer in range(num_layers):
@@ -227,8 +257,11 @@ def lstm(
         layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    output = layer_input
-    h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+    return _caller_layout(layer_input, torch.stack(h_n), torch.stack(c_n), batched=batched, batch_first=batch_first)
+
+
+def _caller_layout(output, h_n, c_n, *, batched: bool, batch_first: bool):
+    """``(output, (h_n, c_n))`` from time-major results, in the layout the caller's input had."""
     if not batched:
         return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
     if batch_first:

@@ -150,11 +150,6 @@ def test_initialisation_matches_nn_lstm_distribution():
         assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound
 
 
-def test_proj_size_not_implemented():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        ecgkern.LSTM(3, 5, proj_size=2)
-
-
 def test_reference_gradcheck_float64_layer():
     torch.manual_seed(0)
     m = ecgkern.LSTM(2, 3, num_layers=2, bidirectional=True, backend="reference").double()

@@ -20,6 +20,12 @@ Every backend module exposes the same small interface:
     projection plus both biases, ``w_hh`` [4H, H], ``h0``/``c0`` [B, H]. Returns the hidden
     and cell state after every step, each [T, B, H]; the final states are ``hs[-1]``,
     ``cs[-1]``. Differentiable with respect to all four inputs.
+``projected_recurrence(xg, w_hh, w_hr, h0, c0) -> (hs, cs)`` and
+``supports_projections(device_type, dtype) -> str | None`` (optional, both or neither)
+    the recurrence with projections (nn.LSTM's ``proj_size``): ``w_hh`` [4H, P], ``w_hr``
+    [P, H], ``h0`` [B, P], ``c0`` [B, H]; ``h = (o * tanh(c)) @ w_hr^T``, so ``hs`` is
+    [T, B, P] and ``cs`` [T, B, H]; and for which tensors it runs (None, or why not). A
+    backend without them cannot run such a layer; ``auto`` skips it there.
 
 Adding a backend is one module and one line in ``_MODULES``.
 """
@@ -108,10 +114,20 @@ def _warn_fallback(preferred: str, reason: str, chosen: str) -> None:
         "to silence this).", RuntimeWarning, stacklevel=4)
 
 
-def _fallback_reason(name: str, device_type: str, dtype: torch.dtype) -> tuple[str | None, bool]:
+def _projection_reason(module: ModuleType, projections: bool, device_type: str, dtype: torch.dtype) -> str | None:
+    """Why ``module`` cannot run a layer with projections (None when it can or none is asked)."""
+    if not projections:
+        return None
+    supports_projections = getattr(module, "supports_projections", None)
+    if supports_projections is None:
+        return f"the {module.NAME} backend does not implement LSTM with projections (proj_size > 0)"
+    return supports_projections(device_type, dtype)
+
+
+def _fallback_reason(name: str, device_type: str, dtype: torch.dtype, projections: bool) -> tuple[str | None, bool]:
     """(why ``name`` cannot run these tensors, whether that reason is about this installation)."""
     module = _MODULES[name]
-    reason = module.supports(device_type, dtype)
+    reason = module.supports(device_type, dtype) or _projection_reason(module, projections, device_type, dtype)
     if reason is not None:
         return reason, False
     return module.unavailable_reason(device_type) or _prepare(module), True
@@ -132,13 +148,13 @@ def _prepare(module: ModuleType) -> str | None:
 # torch.compile runs this once per (name, device type, dtype) while tracing and keeps the
 # answer: it reads files and the build state, which dynamo cannot trace.
 @torch.compiler.assume_constant_result
-def _resolve(name: str, device_type: str, dtype: torch.dtype) -> str:
+def _resolve(name: str, device_type: str, dtype: torch.dtype, projections: bool = False) -> str:
     """The backend name that runs these tensors; raises ``BackendUnavailableError``/ValueError."""
     if name == "auto":
         order = _AUTO_ORDER.get(device_type, ("reference",))
         preferred = None
         for candidate in order:
-            reason, installation = _fallback_reason(candidate, device_type, dtype)
+            reason, installation = _fallback_reason(candidate, device_type, dtype, projections)
             if reason is None:
                 if preferred is not None:
                     _warn_fallback(*preferred, candidate)
@@ -147,14 +163,16 @@ def _resolve(name: str, device_type: str, dtype: torch.dtype) -> str:
                 preferred = (candidate, reason)
         return "reference"
     module = _module(name)
-    reason = module.unavailable_reason(device_type) or module.supports(device_type, dtype) or _prepare(module)
+    reason = (module.unavailable_reason(device_type) or module.supports(device_type, dtype)
+              or _projection_reason(module, projections, device_type, dtype) or _prepare(module))
     if reason is not None:
         raise BackendUnavailableError(f"LSTM backend {name!r} cannot run {dtype} tensors on {device_type}: {reason}")
     return name
 
 
-def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> ModuleType:
-    """The backend module that will run tensors of ``device``/``dtype``.
+def get_backend(name: str, device: torch.device, dtype: torch.dtype, *, projections: bool = False) -> ModuleType:
+    """The backend module that will run tensors of ``device``/``dtype`` (with ``projections``:
+    a layer with proj_size > 0, which needs ``projected_recurrence``).
 
     ``auto`` takes the first of ``_AUTO_ORDER`` that can (warning once when it skips its first
     choice for a reason of this installation: no compiler, a failed build, ...); a backend named
@@ -162,7 +180,7 @@ def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> ModuleTy
     """
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
-    return _MODULES[_resolve(name, device.type, dtype)]
+    return _MODULES[_resolve(name, device.type, dtype, projections)]
 
 
 def resolve_backend_name(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> str:

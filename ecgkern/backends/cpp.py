@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _build
-from . import _ops
+from . import _ops, _ops_projected
 
 NAME = "cpp"
 
@@ -32,6 +32,16 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
 
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
     return _ops.recurrence(xg, w_hh, h0, c0)
+
+
+def supports_projections(device_type: str, dtype: torch.dtype) -> str | None:
+    if dtype not in (torch.float32, torch.float64):
+        return f"the cpp backend's LSTM with projections (proj_size > 0) supports float32 and float64, not {dtype}"
+    return supports(device_type, dtype)
+
+
+def projected_recurrence(xg, w_hh, w_hr, h0, c0):
+    return _ops_projected.projected_recurrence(xg, w_hh, w_hr, h0, c0)
 
 
 def prepare() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_recurrence_args
+from ._checks import check_projected_args, check_recurrence_args
 
 NAME = "reference"
 
@@ -21,6 +21,23 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
 
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
     check_recurrence_args(NAME, xg, w_hh, h0, c0, supports(xg.device.type, xg.dtype))
+    return _loop(xg, w_hh, h0, c0)
+
+
+def supports_projections(device_type: str, dtype: torch.dtype) -> str | None:
+    return supports(device_type, dtype)
+
+
+def projected_recurrence(xg: torch.Tensor, w_hh: torch.Tensor, w_hr: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    """The recurrence with projections (nn.LSTM's proj_size): ``h = (o * tanh(c)) @ w_hr^T``.
+
+    ``w_hh`` [4H, P], ``w_hr`` [P, H], ``h0`` [B, P], ``c0`` [B, H]; returns hs [T, B, P], cs [T, B, H].
+    """
+    check_projected_args(NAME, xg, w_hh, w_hr, h0, c0, supports(xg.device.type, xg.dtype))
+    return _loop(xg, w_hh, h0, c0, w_hr)
+
+
+def _loop(xg, w_hh, h0, c0, w_hr=None):
     h, c = h0, c0
     hs, cs = [], []
     # unbind, not xg[t]: each indexing's backward would write a whole zero [T, B, 4H] gradient,
@@ -34,6 +51,8 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
         o = torch.sigmoid(o)
         c = f * c + i * g
         h = o * torch.tanh(c)
+        if w_hr is not None:
+            h = h @ w_hr.t()
         hs.append(h)
         cs.append(c)
     return torch.stack(hs), torch.stack(cs)
