@@ -11,8 +11,8 @@ Two paths, sharing the pointwise math in ``_triton_kernels``:
   ``tl.dot``. Chosen by ``use_persistent``: on a GPU for float32/float16/bfloat16, and under
   the interpreter (one launch instead of 2T makes the tests much faster there).
 
-Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 (GPU only) are computed
-in float32: pointwise math, tl.dot accumulation, and the carried dc of the step path.
+Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 are computed
+in float32 (bfloat16 on CUDA only: the interpreter gets it wrong): pointwise math, tl.dot accumulation, and the carried dc of the step path.
 
 Both directions are ``torch.library`` custom ops (``ecgkern::triton_recurrence`` and its
 backward) with fake kernels and ``register_autograd``: autograd works, and ``torch.compile``
@@ -73,10 +73,10 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
     if device_type == "cpu":
         if not INTERPRETED:
             return "CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before ecgkern is imported)"
-        if dtype in (torch.float16, torch.bfloat16):
-            return f"{dtype} is supported on CUDA only"
+        if dtype == torch.bfloat16:  # the interpreter runs on numpy, which has no bfloat16
+            return "bfloat16 runs on CUDA only (Triton's interpreter computes it wrongly)"
         if dtype not in _FLOAT_DTYPES:
-            return f"{dtype} is not supported (float32 and float64 are on CPU)"
+            return f"{dtype} is not supported (float32, float64 and float16 are on CPU)"
         return None
     if device_type != "cuda":
         return f"device type {device_type!r} is not supported (cuda, and cpu through the interpreter)"
