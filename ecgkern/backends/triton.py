@@ -12,7 +12,8 @@ Two paths, sharing the pointwise math in ``_triton_kernels``:
   the interpreter (one launch instead of 2T makes the tests much faster there).
 
 Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 are computed
-in float32 (bfloat16 on CUDA only: the interpreter gets it wrong): pointwise math, tl.dot accumulation, and the carried dc of the step path.
+in float32: pointwise math, tl.dot accumulation, and the carried dc of the step path
+(bfloat16 on CUDA only: the interpreter computes it wrongly).
 
 Both directions are ``torch.library`` custom ops (``ecgkern::triton_recurrence`` and its
 backward) with fake kernels and ``register_autograd``: autograd works, and ``torch.compile``
