@@ -116,6 +116,27 @@ inline Vectorized<T> tanh(Vectorized<T> x) {
   return e / (e + Vec(T(2)));
 }
 
+// Activations for bfloat16/float16 storage, whose results are rounded to 8 (11) bits: the
+// division of sigmoid is a 14-bit reciprocal estimate (relative error < 2^-14, far below the
+// storage's 2^-8 / 2^-11) and tanh(x) = 2 sigmoid(2x) - 1 (absolute error ~1e-7). The division
+// dominated the cell's cost. Elsewhere (portable builds) they are the float32 functions.
+inline Vectorized<float> sigmoid_reduced(Vectorized<float> x) {
+#if ECGKERN_INLINE_EXPF && defined(CPU_CAPABILITY_AVX512)
+  return Vectorized<float>(_mm512_rcp14_ps(Vectorized<float>(1.0f) + exp(x.neg())));
+#else
+  return sigmoid(x);
+#endif
+}
+
+inline Vectorized<float> tanh_reduced(Vectorized<float> x) {
+#if ECGKERN_INLINE_EXPF && defined(CPU_CAPABILITY_AVX512)
+  const Vectorized<float> one(1.0f);
+  return at::vec::fmsub(Vectorized<float>(2.0f), sigmoid_reduced(x + x), one);
+#else
+  return tanh(x);
+#endif
+}
+
 // Storage type S -> the type every computation runs in: float64 for float64, else float32.
 template <typename S>
 using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
@@ -207,7 +228,9 @@ inline void cell_backward(const S* gates, const S* c, const S* c_prev, const S* 
   for_each_vector<C>(H, [&](int64_t j, int64_t n) {
     Vec i = load(gates + j, n), f = load(gates + H + j, n);
     Vec g = load(gates + 2 * H + j, n), o = load(gates + 3 * H + j, n);
-    Vec tc = tanh(load(c + j, n));
+    Vec tc;
+    if constexpr (kReduced<S>) tc = tanh_reduced(load(c + j, n));
+    else tc = tanh(load(c + j, n));
     Vec dh = load(dh_out + j, n) + load(dh_carry + j, n);
     Vec dc = load(dc_out + j, n) + load(dc_carry + j, n) + dh * o * (one - tc * tc);
     store(dc * g * i * (one - i), dgates + j, n);
@@ -391,10 +414,14 @@ inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* 
     const S* x = xg + r * G + j;
     const C* p = pre + r * 4 * V;
     S* g = kGates ? gates + r * G + j : nullptr;
-    const Vec i = sigmoid(Vec::loadu(p) + load(x, n));
-    const Vec f = sigmoid(Vec::loadu(p + V) + load(x + H, n));
-    const Vec gg = tanh(Vec::loadu(p + 2 * V) + load(x + 2 * H, n));
-    const Vec o = sigmoid(Vec::loadu(p + 3 * V) + load(x + 3 * H, n));
+    const auto act = [](const Vec& v, bool is_tanh) {
+      if constexpr (kReduced<S>) return is_tanh ? tanh_reduced(v) : sigmoid_reduced(v);
+      else return is_tanh ? tanh(v) : sigmoid(v);
+    };
+    const Vec i = act(Vec::loadu(p) + load(x, n), false);
+    const Vec f = act(Vec::loadu(p + V) + load(x + H, n), false);
+    const Vec gg = act(Vec::loadu(p + 2 * V) + load(x + 2 * H, n), true);
+    const Vec o = act(Vec::loadu(p + 3 * V) + load(x + 3 * H, n), false);
     const Vec cn = f * load(c_prev + r * H + j, n) + i * gg;
     if constexpr (kGates) {
       store(i, g, n);
@@ -404,7 +431,7 @@ inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* 
     }
     store(cn, c_next + r * H + j, n);
     if constexpr (kReduced<S>) store(cn, c_store + r * H + j, n);
-    store(o * tanh(cn), h + r * H + j, n);
+    store(o * act(cn, true), h + r * H + j, n);
   }
 }
 
