@@ -147,7 +147,9 @@ def _check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tenso
 
 def _autocast_dtype(input) -> torch.dtype | None:
     """The dtype torch.autocast asks for on ``input``'s device type, or None when it is off."""
-    if not isinstance(input, torch.Tensor) or not torch.is_autocast_enabled(input.device.type):
+    if not isinstance(input, torch.Tensor) or not torch.amp.is_autocast_available(input.device.type):
+        return None  # e.g. meta tensors: validation reports the device
+    if not torch.is_autocast_enabled(input.device.type):
         return None
     return torch.get_autocast_dtype(input.device.type)
 

@@ -229,7 +229,9 @@ def test_backward_rejects_bad_inputs():
 def test_supports():
     assert cpp.supports("cpu", torch.float32) is None
     assert cpp.supports("cpu", torch.float64) is None
-    assert "float16" in cpp.supports("cpu", torch.float16)
+    assert cpp.supports("cpu", torch.float16) is None
+    assert cpp.supports("cpu", torch.bfloat16) is None
+    assert "complex64" in cpp.supports("cpu", torch.complex64)
     assert "CPU only" in cpp.supports("cuda", torch.float32)
     assert "CPU only" in cpp.unavailable_reason("cuda")
 
