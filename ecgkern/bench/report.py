@@ -128,8 +128,8 @@ def machine_tag(result: dict, device: str, dtype: str | None = None) -> str:
                                                                if k in ("avx512f", "avx512_bf16", "amx_bf16"))
     tag = f"{env.get('cpu_model')}; {flags}"
     if dtype is not None:
-        peak = result.get("matmul_peak", {}).get(f"{device}/{dtype}", {}).get("gflops_best")
-        tag += f"; {dtype} 2048² matmul peak {_fmt(peak, '.0f')} GFLOP/s"
+        entry = result.get("matmul_peak", {}).get(f"{device}/{dtype}", {})
+        tag += f"; {dtype} {entry.get('size')}² matmul peak {_fmt(entry.get('gflops_best'), '.0f')} GFLOP/s"
     return tag
 
 
