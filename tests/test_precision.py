@@ -151,3 +151,15 @@ def test_autocast_holds_under_compile_and_export(mode):
     assert eager.dtype == got.dtype == torch.bfloat16
     # Inductor may round the fused input projection differently: equal within the rule.
     assert_close("output", got, eager, *reduced_precision_tolerance(torch.bfloat16, 6, eager), mode)
+
+
+def test_bf16_dot_products_are_built_only_for_cpus_that_have_them(monkeypatch):
+    from ecgkern import _build
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for has in (True, False):
+        monkeypatch.setattr(_build, "cpu_has_avx512_bf16", lambda has=has: has)
+        assert ("-mavx512bf16" in _build.cpu_capability_flags()) is has
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(_build, "cpu_has_avx512_bf16", lambda: True)
+    assert "-mavx512bf16" not in _build.cpu_capability_flags()
