@@ -35,7 +35,6 @@
 #endif
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -435,6 +434,16 @@ inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* 
   }
 }
 
+// One register tile of the four gates' pre-activations over all of k, then the cell update.
+template <typename S, int MR, bool kGates, typename C = acc_t<S>>
+inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, const C* c_prev, C* c_next, S* c_store,
+                         S* gates, S* h, int64_t H, int64_t j, int64_t n) {
+  constexpr int64_t V = kV<C>;
+  alignas(64) C pre[MR * 4 * V];
+  recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V);
+  cell_tile<S, MR, kGates>(pre, xg, c_prev, c_next, c_store, gates, h, H, j, n);
+}
+
 // k per block of the recurrent GEMMs: one block of packed weights (k x 4 vectors, 32 KB in
 // float32) stays in L1 while every row tile of the thread passes over it. Even, so k-pairs
 // never straddle two blocks.
@@ -481,11 +490,8 @@ void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S*
             const int64_t s = t * B + r0;
             const auto [c_prev, c_next, c_store] = cell_rows(r0);
             with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-              constexpr int MR = decltype(mr)::value;
-              alignas(64) C tile[MR * 4 * V];
-              recurrent_tile<S, MR, 4>(h_prev + r0 * H, H, wc, 4 * V * P, H, tile, 4 * V);
-              cell_tile<S, MR, kGates>(tile, xg + s * G, c_prev, c_next, c_store, kGates ? gates + s * G : nullptr,
-                                       hs + s * H, H, j, n);
+              forward_tile<S, decltype(mr)::value, kGates>(h_prev + r0 * H, wc, xg + s * G, c_prev, c_next, c_store,
+                                                           kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
             });
           }
           continue;
