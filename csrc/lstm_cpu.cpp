@@ -16,18 +16,27 @@
 //   tanh are inlined polynomials (Cephes), float64 uses the Sleef functions libtorch exports;
 // - nothing is allocated inside the time loop; dW_hh is one GEMM after the loop;
 // - outputs of 32 MB and more are advised onto transparent huge pages (page faults).
+//
+// Precision: float64 computes in float64, float32 in float32. bfloat16 and float16 are storage
+// formats only (xg, w_hh, hs, cs, gates and the gradients): every activation, the running cell
+// state, the carried gradients and every GEMM accumulation are float32. Where the compiler
+// targets AVX512-BF16 (ecgkern/_build.py adds -mavx512bf16 on CPUs that have it) the bf16
+// recurrent GEMMs are vdpbf16ps dot products on w_hh packed in k-pairs; otherwise (and for
+// float16) the operands are widened to float32 and the float32 tiles run.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+
+#include "tensor_checks.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace {
@@ -106,38 +115,121 @@ inline Vectorized<T> tanh(Vectorized<T> x) {
   return e / (e + Vec(T(2)));
 }
 
-// Apply f(j, n) over [0, H) in full vectors, then one partial vector of n < size() lanes.
-// f loads and stores with count n, so the tail needs no scalar copy of the math.
-template <typename T, typename F>
+// Activations for bfloat16/float16 storage, whose results are rounded to 8 (11) bits: the
+// division of sigmoid is a 14-bit reciprocal estimate (relative error < 2^-14, far below the
+// storage's 2^-8 / 2^-11) and tanh(x) = 2 sigmoid(2x) - 1 (absolute error ~1e-7). The division
+// dominated the cell's cost. Elsewhere (portable builds) they are the float32 functions.
+inline Vectorized<float> sigmoid_reduced(Vectorized<float> x) {
+#if ECGKERN_INLINE_EXPF && defined(CPU_CAPABILITY_AVX512)
+  return Vectorized<float>(_mm512_rcp14_ps(Vectorized<float>(1.0f) + exp(x.neg())));
+#else
+  return sigmoid(x);
+#endif
+}
+
+inline Vectorized<float> tanh_reduced(Vectorized<float> x) {
+#if ECGKERN_INLINE_EXPF && defined(CPU_CAPABILITY_AVX512)
+  const Vectorized<float> one(1.0f);
+  return at::vec::fmsub(Vectorized<float>(2.0f), sigmoid_reduced(x + x), one);
+#else
+  return tanh(x);
+#endif
+}
+
+// Storage type S -> the type every computation runs in: float64 for float64, else float32.
+template <typename S>
+using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+// bfloat16/float16 storage: the values are widened on load and rounded on store.
+template <typename S>
+constexpr bool kReduced = !std::is_same_v<S, acc_t<S>>;
+
+template <typename T>
+constexpr int64_t kV = Vectorized<T>::size();
+
+// Apply f(j, n) over [0, H) in full vectors of compute type C, then one partial vector of
+// n < size() lanes. f loads and stores with count n, so the tail needs no scalar copy of the math.
+template <typename C, typename F>
 inline void for_each_vector(int64_t H, F f) {
-  constexpr int64_t V = Vectorized<T>::size();
+  constexpr int64_t V = kV<C>;
   int64_t j = 0;
   for (; j + V <= H; j += V) f(j, V);
   if (j < H) f(j, H - j);
 }
 
-template <typename T>
-inline Vectorized<T> load(const T* p, int64_t n) {
-  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
+#if defined(CPU_CAPABILITY_AVX512)
+inline __m256i load_16bit(const void* p, int64_t n) {
+  return n == 16 ? _mm256_loadu_si256(static_cast<const __m256i*>(p))
+                 : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+}
+inline void store_16bit(__m256i v, void* p, int64_t n) {
+  if (n == 16) _mm256_storeu_si256(static_cast<__m256i*>(p), v);
+  else _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), v);
+}
+inline Vectorized<float> widen(const c10::BFloat16* p, int64_t n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load_16bit(p, n)), 16));
+}
+inline Vectorized<float> widen(const c10::Half* p, int64_t n) { return _mm512_cvtph_ps(load_16bit(p, n)); }
+// Round to nearest even, as c10's scalar conversions do.
+inline void narrow(const Vectorized<float>& v, c10::BFloat16* p, int64_t n) {
+#if defined(__AVX512BF16__)
+  store_16bit(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)), p, n);
+#else
+  store_16bit(at::vec::cvtfp32_bf16(v), p, n);
+#endif
+}
+inline void narrow(const Vectorized<float>& v, c10::Half* p, int64_t n) {
+  store_16bit(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), p, n);
+}
+#else
+// Portable widening/rounding through a small buffer (c10's scalar conversions).
+template <typename S>
+inline Vectorized<float> widen(const S* p, int64_t n) {
+  alignas(64) float buffer[kV<float>] = {};
+  for (int64_t l = 0; l < n; ++l) buffer[l] = static_cast<float>(p[l]);
+  return Vectorized<float>::loadu(buffer);
+}
+template <typename S>
+inline void narrow(const Vectorized<float>& v, S* p, int64_t n) {
+  alignas(64) float buffer[kV<float>];
+  v.store(buffer);
+  for (int64_t l = 0; l < n; ++l) p[l] = static_cast<S>(buffer[l]);
+}
+#endif
+
+// n lanes (n <= size()) of a storage or compute array, as a vector of compute type.
+template <typename S>
+inline Vectorized<acc_t<S>> load(const S* p, int64_t n) {
+  using C = acc_t<S>;
+  if constexpr (kReduced<S>) {
+    return widen(p, n);
+  } else {
+    return n == kV<C> ? Vectorized<C>::loadu(p) : Vectorized<C>::loadu(p, n);
+  }
 }
 
-template <typename T>
-inline void store(const Vectorized<T>& v, T* p, int64_t n) {
-  if (n == Vectorized<T>::size()) v.store(p); else v.store(p, n);
+template <typename S>
+inline void store(const Vectorized<acc_t<S>>& v, S* p, int64_t n) {
+  if constexpr (kReduced<S>) {
+    narrow(v, p, n);
+  } else {
+    if (n == kV<S>) v.store(p); else v.store(p, n);
+  }
 }
 
 // One row of the backward cell. dh_carry/dc_carry hold the gradient flowing back from step
-// t+1 into h_t/c_t; dc_carry is replaced by the gradient into c_{t-1}. Writes the
-// pre-activation gate gradients (= dxg[t]) into dgates.
-template <typename T>
-inline void cell_backward(const T* gates, const T* c, const T* c_prev, const T* dh_out,
-                          const T* dc_out, const T* dh_carry, T* dc_carry, T* dgates, int64_t H) {
-  using Vec = Vectorized<T>;
-  const Vec one(T(1));
-  for_each_vector<T>(H, [&](int64_t j, int64_t n) {
+// t+1 into h_t/c_t (compute type); dc_carry is replaced by the gradient into c_{t-1}. Writes
+// the pre-activation gate gradients (= dxg[t]) into dgates.
+template <typename S, typename C = acc_t<S>>
+inline void cell_backward(const S* gates, const S* c, const S* c_prev, const S* dh_out, const S* dc_out,
+                          const C* dh_carry, C* dc_carry, S* dgates, int64_t H) {
+  using Vec = Vectorized<C>;
+  const Vec one(C(1));
+  for_each_vector<C>(H, [&](int64_t j, int64_t n) {
     Vec i = load(gates + j, n), f = load(gates + H + j, n);
     Vec g = load(gates + 2 * H + j, n), o = load(gates + 3 * H + j, n);
-    Vec tc = tanh(load(c + j, n));
+    Vec tc;
+    if constexpr (kReduced<S>) tc = tanh_reduced(load(c + j, n));
+    else tc = tanh(load(c + j, n));
     Vec dh = load(dh_out + j, n) + load(dh_carry + j, n);
     Vec dc = load(dc_out + j, n) + load(dc_carry + j, n) + dh * o * (one - tc * tc);
     store(dc * g * i * (one - i), dgates + j, n);
@@ -181,44 +273,68 @@ inline void with_tile(int64_t n, F&& f) {
   f(std::integral_constant<int, M>{});
 }
 
-template <typename T>
-constexpr int64_t kV = Vectorized<T>::size();
-
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Forward pack: for each chunk of V hidden units, for each k, the four gates' V weights:
-// wf[((chunk * H + k) * 4 + q) * V + l] = w_hh[q * H + chunk * V + l][k] (0 past H).
-template <typename T>
-at::Tensor pack_forward(const T* w, int64_t H) {
-  constexpr int64_t V = kV<T>;
-  const int64_t chunks = round_up(H, V) / V;
-  at::Tensor packed = at::zeros({chunks * H * 4 * V}, c10::CppTypeToScalarType<T>::value);
-  T* p = packed.data_ptr<T>();
+// How the recurrent GEMMs of storage type S run: bfloat16 on AVX512-BF16 multiplies bf16
+// pairs (w_hh packed as k-pairs, kPack = 2, accumulated in float32 by vdpbf16ps); everything
+// else multiplies in the compute type with w_hh widened once at packing (kPack = 1).
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+template <typename S>
+constexpr bool kBf16Dot = std::is_same_v<S, c10::BFloat16>;
+#else
+template <typename S>
+constexpr bool kBf16Dot = false;
+#endif
+template <typename S>
+using packed_t = std::conditional_t<kBf16Dot<S>, c10::BFloat16, acc_t<S>>;
+template <typename S>
+constexpr int64_t kPack = kBf16Dot<S> ? 2 : 1;
+
+template <typename W>
+at::Tensor packed_buffer(int64_t numel) {
+  return at::zeros({numel}, c10::CppTypeToScalarType<W>::value);
+}
+
+// Forward pack: for each chunk of V hidden units, for each k (k-pair with kPack 2), the four
+// gates' V weights (V x kPack, pairs interleaved): element k of unit chunk*V + l, gate q is at
+// (((chunk * Kp + k / P) * 4 + q) * V + l) * P + k % P, Kp = ceil(H / P); zeros past H.
+template <typename S>
+at::Tensor pack_forward(const S* w, int64_t H) {
+  using W = packed_t<S>;
+  constexpr int64_t V = kV<acc_t<S>>, P = kPack<S>;
+  const int64_t chunks = round_up(H, V) / V, Kp = round_up(H, P) / P;
+  at::Tensor packed = packed_buffer<W>(chunks * Kp * 4 * V * P);
+  W* p = packed.data_ptr<W>();
   for (int64_t c = 0; c < chunks; ++c)
     for (int64_t k = 0; k < H; ++k)
       for (int64_t q = 0; q < 4; ++q)
         for (int64_t l = 0; l < V && c * V + l < H; ++l)
-          p[((c * H + k) * 4 + q) * V + l] = w[(q * H + c * V + l) * H + k];
+          p[(((c * Kp + k / P) * 4 + q) * V + l) * P + k % P] = static_cast<W>(w[(q * H + c * V + l) * H + k]);
   return packed;
 }
 
-// Backward pack: w_hh [4H, H] with rows padded to Hp = round_up(H, V) (zeros past H).
-template <typename T>
-at::Tensor pack_backward(const T* w, int64_t H) {
-  const int64_t Hp = round_up(H, kV<T>);
-  at::Tensor packed = at::zeros({4 * H, Hp}, c10::CppTypeToScalarType<T>::value);
-  T* p = packed.data_ptr<T>();
-  for (int64_t n = 0; n < 4 * H; ++n) std::copy(w + n * H, w + n * H + H, p + n * Hp);
+// Backward pack: w_hh [4H, H] with rows padded to Hp = round_up(H, V) (zeros past H); with
+// kPack 2, rows 2m and 2m+1 interleaved column by column (4H is even).
+template <typename S>
+at::Tensor pack_backward(const S* w, int64_t H) {
+  using W = packed_t<S>;
+  constexpr int64_t P = kPack<S>;
+  const int64_t Hp = round_up(H, kV<acc_t<S>>);
+  at::Tensor packed = packed_buffer<W>(4 * H * Hp);
+  W* p = packed.data_ptr<W>();
+  for (int64_t n = 0; n < 4 * H; ++n)
+    for (int64_t k = 0; k < H; ++k) p[((n / P) * Hp + k) * P + n % P] = static_cast<W>(w[n * H + k]);
   return packed;
 }
 
 // out[r*ldo + v*V + l] (+)= sum_k a[r*a_r + k*a_k] * b[k*ldb + v*V + l] for an MR x NV-vector
 // tile, accumulators in registers. Callers that post-process the tile pass a small stack
 // buffer as `out`: with the accumulators themselves live across the epilogue's out-of-line
-// Sleef calls, GCC keeps them in memory inside the k loop (about 3x slower).
-template <typename T, int MR, int NV, bool kAccumulate = false>
-inline void gemm_tile(const T* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K,
-                      T* out, int64_t ldo) {
+// Sleef calls, GCC keeps them in memory inside the k loop (about 3x slower). `a` may be of a
+// storage type (widened per element).
+template <typename T, int MR, int NV, bool kAccumulate = false, typename A>
+inline void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K, T* out,
+                      int64_t ldo) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = kV<T>;
   Vec acc[MR][NV];
@@ -228,7 +344,7 @@ inline void gemm_tile(const T* a, int64_t a_r, int64_t a_k, const T* b, int64_t 
     Vec w[NV];
     for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(b + k * ldb + v * V);
     for (int r = 0; r < MR; ++r) {
-      const Vec x(a[r * a_r + k * a_k]);
+      const Vec x(static_cast<T>(a[r * a_r + k * a_k]));
       for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, w[v], acc[r][v]);
     }
   }
@@ -236,23 +352,75 @@ inline void gemm_tile(const T* a, int64_t a_r, int64_t a_k, const T* b, int64_t 
     for (int v = 0; v < NV; ++v) acc[r][v].store(out + r * ldo + v * V);
 }
 
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+// gemm_tile for bf16 rows of `a` (unit stride in k) against k-pair-packed bf16 `b` (packed row
+// m = k-pair m, ldb elements apart): vdpbf16ps adds a[2m]*b[2m] + a[2m+1]*b[2m+1] to each
+// float32 lane. An odd K ends with a pair whose second element is zero on both sides.
+template <int MR, int NV, bool kAccumulate = false>
+inline void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloat16* b, int64_t ldb, int64_t K,
+                           float* out, int64_t ldo) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = kAccumulate ? _mm512_loadu_ps(out + r * ldo + v * 16) : _mm512_setzero_ps();
+  const auto step = [&](int64_t m, auto pair_of_row) {
+    __m512bh w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + m * ldb + v * 32));
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh x = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair_of_row(a + r * a_r)));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, w[v]);
+    }
+  };
+  const int64_t pairs = K / 2;
+  for (int64_t m = 0; m < pairs; ++m)
+    step(m, [m](const c10::BFloat16* row) {
+      int32_t bits;
+      std::memcpy(&bits, row + 2 * m, sizeof(bits));
+      return bits;
+    });
+  if (K % 2)
+    step(pairs, [K](const c10::BFloat16* row) { return static_cast<int32_t>(row[K - 1].x); });
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + v * 16, acc[r][v]);
+}
+#endif
+
+// The recurrent GEMM tile of storage type S: out (compute type) (+)= a [MR rows a_r apart,
+// unit stride in k] times packed w_hh rows k in [0, K) (ldb elements per packed row).
+template <typename S, int MR, int NV, bool kAccumulate = false>
+inline void recurrent_tile(const S* a, int64_t a_r, const packed_t<S>* b, int64_t ldb, int64_t K, acc_t<S>* out,
+                           int64_t ldo) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  if constexpr (kBf16Dot<S>) {
+    gemm_tile_bf16<MR, NV, kAccumulate>(a, a_r, b, ldb, K, out, ldo);
+    return;
+  }
+#endif
+  if constexpr (!kBf16Dot<S>) gemm_tile<acc_t<S>, MR, NV, kAccumulate>(a, a_r, 1, b, ldb, K, out, ldo);
+}
+
 // The cell update of MR rows x one chunk of V hidden units from the chunk's pre-activations
-// (h_prev @ w_hh^T, row r's four gates at pre + r*4V). Row r of c_prev/c/h is at r*H, of
-// xg/gates at r*4H; j is the chunk's first unit, n its width (<= V).
-template <typename T, int MR, bool kGates>
-inline void cell_tile(const T* pre, const T* xg, const T* c_prev, T* gates, T* c, T* h, int64_t H,
+// (h_prev @ w_hh^T, row r's four gates at pre + r*4V). Row r of c_prev/c_next/c_store/h is at
+// r*H, of xg/gates at r*4H; j is the chunk's first unit, n its width (<= V). The cell state
+// is read from c_prev and written to c_next in the compute type; c_store (reduced storage
+// only) receives it rounded.
+template <typename S, int MR, bool kGates, typename C = acc_t<S>>
+inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* c_store, S* gates, S* h, int64_t H,
                       int64_t j, int64_t n) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t V = kV<T>;
+  using Vec = Vectorized<C>;
+  constexpr int64_t V = kV<C>;
   const int64_t G = 4 * H;
   for (int r = 0; r < MR; ++r) {
-    const T* x = xg + r * G + j;
-    const T* p = pre + r * 4 * V;
-    T* g = kGates ? gates + r * G + j : nullptr;
-    const Vec i = sigmoid(Vec::loadu(p) + load(x, n));
-    const Vec f = sigmoid(Vec::loadu(p + V) + load(x + H, n));
-    const Vec gg = tanh(Vec::loadu(p + 2 * V) + load(x + 2 * H, n));
-    const Vec o = sigmoid(Vec::loadu(p + 3 * V) + load(x + 3 * H, n));
+    const S* x = xg + r * G + j;
+    const C* p = pre + r * 4 * V;
+    S* g = kGates ? gates + r * G + j : nullptr;
+    const auto act = [](const Vec& v, bool is_tanh) {
+      if constexpr (kReduced<S>) return is_tanh ? tanh_reduced(v) : sigmoid_reduced(v);
+      else return is_tanh ? tanh(v) : sigmoid(v);
+    };
+    const Vec i = act(Vec::loadu(p) + load(x, n), false);
+    const Vec f = act(Vec::loadu(p + V) + load(x + H, n), false);
+    const Vec gg = act(Vec::loadu(p + 2 * V) + load(x + 2 * H, n), true);
+    const Vec o = act(Vec::loadu(p + 3 * V) + load(x + 3 * H, n), false);
     const Vec cn = f * load(c_prev + r * H + j, n) + i * gg;
     if constexpr (kGates) {
       store(i, g, n);
@@ -260,51 +428,70 @@ inline void cell_tile(const T* pre, const T* xg, const T* c_prev, T* gates, T* c
       store(gg, g + 2 * H, n);
       store(o, g + 3 * H, n);
     }
-    store(cn, c + r * H + j, n);
-    store(o * tanh(cn), h + r * H + j, n);
+    store(cn, c_next + r * H + j, n);
+    if constexpr (kReduced<S>) store(cn, c_store + r * H + j, n);
+    store(o * act(cn, true), h + r * H + j, n);
   }
 }
 
 // One register tile of the four gates' pre-activations over all of k, then the cell update.
-template <typename T, int MR, bool kGates>
-inline void forward_tile(const T* h_prev, const T* wf, const T* xg, const T* c_prev, T* gates,
-                         T* c, T* h, int64_t H, int64_t j, int64_t n) {
-  constexpr int64_t V = kV<T>;
-  alignas(64) T pre[MR * 4 * V];
-  gemm_tile<T, MR, 4>(h_prev, H, 1, wf, 4 * V, H, pre, 4 * V);
-  cell_tile<T, MR, kGates>(pre, xg, c_prev, gates, c, h, H, j, n);
+template <typename S, int MR, bool kGates, typename C = acc_t<S>>
+inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, const C* c_prev, C* c_next, S* c_store,
+                         S* gates, S* h, int64_t H, int64_t j, int64_t n) {
+  constexpr int64_t V = kV<C>;
+  alignas(64) C pre[MR * 4 * V];
+  recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V);
+  cell_tile<S, MR, kGates>(pre, xg, c_prev, c_next, c_store, gates, h, H, j, n);
 }
 
-// k per block of the recurrent GEMMs: one block of packed weights (k x 4 vectors, 32 KB)
-// stays in L1 while every row tile of the thread passes over it.
-template <typename T>
-constexpr int64_t kBlockK = (32 * 1024) / (4 * kV<T> * static_cast<int64_t>(sizeof(T)));
+// k per block of the recurrent GEMMs: one block of packed weights (k x 4 vectors, 32 KB in
+// float32) stays in L1 while every row tile of the thread passes over it. Even, so k-pairs
+// never straddle two blocks.
+template <typename C>
+constexpr int64_t kBlockK = (32 * 1024) / (4 * kV<C> * static_cast<int64_t>(sizeof(C)));
 
 // kGates false: inference, the activated gates are not stored (gates is null).
-template <typename T, bool kGates>
-void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T* cs, T* gates,
-                    int64_t Tn, int64_t B, int64_t H) {
-  constexpr int64_t V = kV<T>, KB = kBlockK<T>;
+template <typename S, bool kGates>
+void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S* cs, S* gates, int64_t Tn,
+                    int64_t B, int64_t H) {
+  using C = acc_t<S>;
+  using W = packed_t<S>;
+  constexpr int64_t V = kV<C>, KB = kBlockK<C>, P = kPack<S>;
   const int64_t G = 4 * H;
   const at::Tensor packed = pack_forward(w, H);
-  const T* wf = packed.data_ptr<T>();
+  const W* wf = packed.data_ptr<W>();
+  const int64_t chunk_size = round_up(H, P) * 4 * V;  // packed elements per chunk of V units
   parallel_over_batch(B, H, [&](int64_t b0, int64_t b1) {
     // H > KB: the pre-activations of all the thread's rows for one chunk, summed over k blocks.
-    const at::Tensor scratch = at::empty({H > KB ? (b1 - b0) * 4 * V : 0}, c10::CppTypeToScalarType<T>::value);
-    T* pre = scratch.data_ptr<T>();
+    const at::Tensor scratch = at::empty({H > KB ? (b1 - b0) * 4 * V : 0}, c10::CppTypeToScalarType<C>::value);
+    C* pre = scratch.data_ptr<C>();
+    // Reduced storage: the running cell state of the thread's rows stays in the compute type.
+    const at::Tensor c_state = at::empty({kReduced<S> ? (b1 - b0) * H : 0}, c10::CppTypeToScalarType<C>::value);
+    C* c_run = c_state.data_ptr<C>();
+    if constexpr (kReduced<S>)
+      for (int64_t e = 0; e < (b1 - b0) * H; ++e) c_run[e] = static_cast<C>(c0[b0 * H + e]);
     for (int64_t t = 0; t < Tn; ++t) {
-      const T* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
-      const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+      const S* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
+      // Rows r0.. of the cell state: previous (read), next (written), rounded copy (reduced).
+      const auto cell_rows = [&](int64_t r0) -> std::tuple<const C*, C*, S*> {
+        if constexpr (kReduced<S>) {
+          C* run = c_run + (r0 - b0) * H;
+          return {run, run, cs + (t * B + r0) * H};
+        } else {
+          return {(t == 0 ? c0 : cs + (t - 1) * B * H) + r0 * H, cs + (t * B + r0) * H, nullptr};
+        }
+      };
       // Chunk-outer: the chunk's packed weights (H*4*V values) stay in L1 across row tiles.
       for (int64_t j = 0; j < H; j += V) {
-        const T* wc = wf + (j / V) * H * 4 * V;
+        const W* wc = wf + (j / V) * chunk_size;
         const int64_t n = std::min(V, H - j);
         if (H <= KB) {
           for (int64_t r0 = b0; r0 < b1; r0 += kMR) {
             const int64_t s = t * B + r0;
-            with_tile<kMR>(b1 - r0, [&](auto mr) {
-              forward_tile<T, decltype(mr)::value, kGates>(h_prev + r0 * H, wc, xg + s * G, c_prev + r0 * H,
-                                                           kGates ? gates + s * G : nullptr, cs + s * H, hs + s * H, H, j, n);
+            const auto [c_prev, c_next, c_store] = cell_rows(r0);
+            with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
+              forward_tile<S, decltype(mr)::value, kGates>(h_prev + r0 * H, wc, xg + s * G, c_prev, c_next, c_store,
+                                                           kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
             });
           }
           continue;
@@ -313,20 +500,21 @@ void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T*
           for (int64_t r0 = b0; r0 < b1; r0 += kMR) {
             with_tile<kMR>(b1 - r0, [&](auto mr) {
               constexpr int MR = decltype(mr)::value;
-              T* out = pre + (r0 - b0) * 4 * V;
-              const T* a = h_prev + r0 * H + k0;
-              const T* bk = wc + k0 * 4 * V;
+              C* out = pre + (r0 - b0) * 4 * V;
+              const S* a = h_prev + r0 * H + k0;
+              const W* bk = wc + k0 * 4 * V;  // k0 is a multiple of P
               const int64_t kn = std::min(KB, H - k0);
-              if (k0 == 0) gemm_tile<T, MR, 4>(a, H, 1, bk, 4 * V, kn, out, 4 * V);
-              else gemm_tile<T, MR, 4, true>(a, H, 1, bk, 4 * V, kn, out, 4 * V);
+              if (k0 == 0) recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V);
+              else recurrent_tile<S, MR, 4, true>(a, H, bk, 4 * V * P, kn, out, 4 * V);
             });
           }
         }
         for (int64_t r0 = b0; r0 < b1; r0 += kMR) {
           const int64_t s = t * B + r0;
-          with_tile<kMR>(b1 - r0, [&](auto mr) {
-            cell_tile<T, decltype(mr)::value, kGates>(pre + (r0 - b0) * 4 * V, xg + s * G, c_prev + r0 * H,
-                                                      kGates ? gates + s * G : nullptr, cs + s * H, hs + s * H, H, j, n);
+          const auto [c_prev, c_next, c_store] = cell_rows(r0);
+          with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
+            cell_tile<S, decltype(mr)::value, kGates>(pre + (r0 - b0) * 4 * V, xg + s * G, c_prev, c_next, c_store,
+                                                      kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
           });
         }
       }
@@ -334,27 +522,40 @@ void forward_kernel(const T* xg, const T* w, const T* h0, const T* c0, T* hs, T*
   });
 }
 
-// dh0/dc0 double as the carries (gradient into h_{t-1}/c_{t-1}); they start at zero.
+// dh0/dc0 (or, for reduced storage, compute-type scratch rows) are the carries (gradient into
+// h_{t-1}/c_{t-1}); they start at zero.
 // Per step: the cell pass over the thread's rows, then dh = dgates @ w_hh K-blocked: each
 // block of w_hh (kBlockK rows x one 4-vector column group) is loaded into L1 once and used
 // by every row tile (w_hh is 1 MB at H=256: streaming it per row tile thrashed L2).
-template <typename T>
-void backward_kernel(const T* dhs, const T* dcs, const T* w, const T* c0, const T* cs,
-                     const T* gates, T* dxg, T* dh0, T* dc0, int64_t Tn, int64_t B, int64_t H) {
-  constexpr int64_t V = kV<T>, KB = kBlockK<T>;
+template <typename S>
+void backward_kernel(const S* dhs, const S* dcs, const S* w, const S* c0, const S* cs, const S* gates, S* dxg,
+                     S* dh0, S* dc0, int64_t Tn, int64_t B, int64_t H) {
+  using C = acc_t<S>;
+  using W = packed_t<S>;
+  constexpr int64_t V = kV<C>, KB = kBlockK<C>, P = kPack<S>;
   const int64_t G = 4 * H, Hp = round_up(H, V);
   const at::Tensor packed = pack_backward(w, H);
-  const T* wb = packed.data_ptr<T>();
+  const W* wb = packed.data_ptr<W>();
   parallel_over_batch(B, H, [&](int64_t b0, int64_t b1) {
     // One column group of dh for the thread's rows, summed over the k blocks.
-    const at::Tensor scratch = at::empty({(b1 - b0) * 4 * V}, c10::CppTypeToScalarType<T>::value);
-    T* acc = scratch.data_ptr<T>();
+    const at::Tensor scratch = at::empty({(b1 - b0) * 4 * V}, c10::CppTypeToScalarType<C>::value);
+    C* acc = scratch.data_ptr<C>();
+    const at::Tensor carries = at::zeros({kReduced<S> ? 2 * (b1 - b0) * H : 0}, c10::CppTypeToScalarType<C>::value);
+    C* dh_carry;
+    C* dc_carry;  // row r at (r - b0) * H
+    if constexpr (kReduced<S>) {
+      dh_carry = carries.data_ptr<C>();
+      dc_carry = dh_carry + (b1 - b0) * H;
+    } else {
+      dh_carry = dh0 + b0 * H;
+      dc_carry = dc0 + b0 * H;
+    }
     for (int64_t t = Tn - 1; t >= 0; --t) {
-      const T* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+      const S* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
       for (int64_t r = b0; r < b1; ++r) {
         const int64_t s = t * B + r;
-        cell_backward(gates + s * G, cs + s * H, c_prev + r * H, dhs + s * H, dcs + s * H,
-                      dh0 + r * H, dc0 + r * H, dxg + s * G, H);
+        cell_backward(gates + s * G, cs + s * H, c_prev + r * H, dhs + s * H, dcs + s * H, dh_carry + (r - b0) * H,
+                      dc_carry + (r - b0) * H, dxg + s * G, H);
       }
       for (int64_t k0 = 0; k0 < Hp; k0 += 4 * V) {
         with_tile<4>((Hp - k0) / V, [&](auto nv) {
@@ -363,22 +564,30 @@ void backward_kernel(const T* dhs, const T* dcs, const T* w, const T* c0, const 
             for (int64_t r0 = b0; r0 < b1; r0 += kMR) {
               with_tile<kMR>(b1 - r0, [&](auto mr) {
                 constexpr int MR = decltype(mr)::value;
-                const T* a = dxg + (t * B + r0) * G + kb;
-                T* out = acc + (r0 - b0) * NV * V;
+                const S* a = dxg + (t * B + r0) * G + kb;
+                C* out = acc + (r0 - b0) * NV * V;
+                const W* bk = wb + (kb * Hp + k0 * P);  // kb is a multiple of P
                 const int64_t kn = std::min(KB, G - kb);
-                if (kb == 0) gemm_tile<T, MR, NV>(a, G, 1, wb + kb * Hp + k0, Hp, kn, out, NV * V);
-                else gemm_tile<T, MR, NV, true>(a, G, 1, wb + kb * Hp + k0, Hp, kn, out, NV * V);
+                if (kb == 0) recurrent_tile<S, MR, NV>(a, G, bk, Hp * P, kn, out, NV * V);
+                else recurrent_tile<S, MR, NV, true>(a, G, bk, Hp * P, kn, out, NV * V);
               });
             }
           }
           for (int64_t r = b0; r < b1; ++r)
             for (int v = 0; v < NV; ++v) {
               const int64_t k = k0 + v * V;
-              if (k < H) store(Vectorized<T>::loadu(acc + (r - b0) * NV * V + v * V), dh0 + r * H + k, std::min(V, H - k));
+              if (k < H)
+                store(Vectorized<C>::loadu(acc + (r - b0) * NV * V + v * V), dh_carry + (r - b0) * H + k,
+                      std::min(V, H - k));
             }
         });
       }
     }
+    if constexpr (kReduced<S>)
+      for (int64_t e = 0; e < (b1 - b0) * H; ++e) {
+        dh0[b0 * H + e] = static_cast<S>(dh_carry[e]);
+        dc0[b0 * H + e] = static_cast<S>(dc_carry[e]);
+      }
   });
 }
 
@@ -408,36 +617,18 @@ void weight_grad(const T* dg, const T* hp, T* dw, int64_t J, int64_t H) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Input checks: the kernels trust nothing that Python passed.
+// The ops: checked, dense inputs (csrc/tensor_checks.h), fresh outputs, dtype dispatch.
 
-void check_tensor(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef sizes,
-                  const char* dims, const at::Tensor& like) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got one on ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-              " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
-              " but w_hh has dtype ", like.scalar_type(), "; all inputs must share one dtype");
-  TORCH_CHECK(t.dim() == static_cast<int64_t>(sizes.size()), op, ": ", name, " must be ",
-              sizes.size(), "-D ", dims, ", got ", t.dim(), "-D with shape ", t.sizes());
-  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " has shape ", t.sizes(), ", expected ", dims,
-              " = ", sizes);
+// Checks `t` against w_hh, the input every op has.
+void check_tensor(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef sizes, const char* dims,
+                  const at::Tensor& w_hh) {
+  ecgkern_checks::check_tensor(op, name, t, "w_hh", w_hh, sizes, dims);
 }
 
-// Returns (H, T, B) after checking w_hh [4H, H] and the [T, B, *] tensor that sets T and B.
-std::tuple<int64_t, int64_t, int64_t> check_sizes(const char* op, const at::Tensor& w_hh,
-                                                  const char* seq_name, const at::Tensor& seq) {
-  TORCH_CHECK(w_hh.defined() && w_hh.dim() == 2, op, ": w_hh must be 2-D [4H, H], got ",
-              w_hh.defined() ? w_hh.dim() : 0, "-D");
-  const int64_t H = w_hh.size(1);
-  TORCH_CHECK(w_hh.size(0) == 4 * H, op, ": w_hh has shape ", w_hh.sizes(),
-              ", expected [4H, H] with 4H = 4 * ", H, " = ", 4 * H, " rows");
-  TORCH_CHECK(seq.defined() && seq.dim() == 3, op, ": ", seq_name, " must be 3-D [T, B, *], got ",
-              seq.defined() ? seq.dim() : 0, "-D");
-  const int64_t Tn = seq.size(0), B = seq.size(1);
-  // BLAS takes int dimensions.
-  TORCH_CHECK(4 * H <= INT_MAX && B <= INT_MAX, op, ": hidden size ", H, " or batch ", B,
-              " is too large for BLAS int dimensions");
+// (H, T, B) from w_hh [4H, H] and the [T, B, *] tensor `seq` that sets T and B.
+std::tuple<int64_t, int64_t, int64_t> check_sizes(const char* op, const at::Tensor& w_hh, const char* seq_name,
+                                                  const at::Tensor& seq) {
+  const auto [Tn, B, H] = ecgkern_checks::recurrence_sizes(op, w_hh, seq_name, seq, c10::DeviceType::CPU);
   return {H, Tn, B};
 }
 
@@ -478,7 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const char* op, const
   auto cs = empty_output({Tn, B, H}, xg.options());
   auto gates = with_gates ? empty_output({Tn, B, 4 * H}, xg.options()) : at::Tensor();
   if (hs.numel() == 0) return {hs, cs, gates};
-  AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_recurrence_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xg.scalar_type(), "lstm_recurrence_cpu", [&] {
     const auto run = with_gates ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
     run(xg.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
         hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), with_gates ? gates.data_ptr<scalar_t>() : nullptr,
@@ -497,6 +688,34 @@ std::tuple<at::Tensor, at::Tensor> lstm_recurrence_inference_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0) {
   auto [hs, cs, gates] = run_forward(kInf, xg, w_hh, h0, c0, /*with_gates=*/false);
   return {hs, cs};
+}
+
+// dW_hh = sum_t dgates[t]^T h_{t-1}, one GEMM over all steps.
+at::Tensor weight_grad_of(const at::Tensor& dxg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& hs) {
+  const int64_t Tn = dxg.size(0), B = dxg.size(1), H = w_hh.size(1);
+  if (w_hh.scalar_type() == at::kBFloat16) {
+    // ATen's bf16 GEMM (oneDNN, float32 accumulation) over [h0, hs[:-1]], rounded once.
+    const at::Tensor h_prev = at::cat({h0.unsqueeze(0), hs.narrow(0, 0, Tn - 1)});
+    return at::mm(dxg.reshape({-1, 4 * H}).t(), h_prev.reshape({-1, H}));
+  }
+  if (w_hh.scalar_type() == at::kHalf) {
+    // ATen's float16 GEMM is a slow fallback on CPUs without AVX512-FP16: widen, run the
+    // float32 GEMM, round once.
+    return weight_grad_of(dxg.to(at::kFloat), w_hh.to(at::kFloat), h0.to(at::kFloat), hs.to(at::kFloat)).to(at::kHalf);
+  }
+  // Steps 1..T-1 in the register-tiled GEMM (or ATen's when H is not whole vectors), then h0's.
+  auto dw = at::empty_like(w_hh);
+  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_recurrence_weight_grad_cpu", [&] {
+    if (H % kV<scalar_t> == 0) {
+      weight_grad<scalar_t>(dxg.data_ptr<scalar_t>() + B * 4 * H, hs.data_ptr<scalar_t>(),
+                            dw.data_ptr<scalar_t>(), (Tn - 1) * B, H);
+    } else {
+      at::mm_out(dw, dxg.narrow(0, 1, Tn - 1).reshape({-1, 4 * H}).t(),
+                 hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
+    }
+  });
+  dw.addmm_(dxg[0].t(), h0);
+  return dw;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backward_cpu(
@@ -519,26 +738,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backw
   auto dh0 = at::zeros({B, H}, w_hh.options());
   auto dc0 = at::zeros({B, H}, w_hh.options());
   if (dxg.numel() == 0) return {dxg, at::zeros_like(w_hh), dh0, dc0};
-  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_recurrence_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w_hh.scalar_type(), "lstm_recurrence_backward_cpu", [&] {
     backward_kernel<scalar_t>(dhs.data_ptr<scalar_t>(), dcs.data_ptr<scalar_t>(),
                               w_hh.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
                               cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
                               dxg.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
                               dc0.data_ptr<scalar_t>(), Tn, B, H);
   });
-  // dW_hh = sum_t dgates[t]^T h_{t-1}: one GEMM over steps 1..T-1, plus the h0 term.
-  auto dw = at::empty_like(w_hh);
-  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_recurrence_weight_grad_cpu", [&] {
-    if (H % kV<scalar_t> == 0) {
-      weight_grad<scalar_t>(dxg.data_ptr<scalar_t>() + B * 4 * H, hs.data_ptr<scalar_t>(),
-                            dw.data_ptr<scalar_t>(), (Tn - 1) * B, H);
-    } else {
-      at::mm_out(dw, dxg.narrow(0, 1, Tn - 1).reshape({-1, 4 * H}).t(),
-                 hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
-    }
-  });
-  dw.addmm_(dxg[0].t(), h0);
-  return {dxg, dw, dh0, dc0};
+  return {dxg, weight_grad_of(dxg, w_hh, h0, hs), dh0, dc0};
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "lstm_cuda_kernels.cuh"
+#include "tensor_checks.h"
 
 namespace {
 
@@ -37,29 +38,16 @@ kern::Dtype kernel_dtype(at::ScalarType type) {
 
 at::ScalarType accumulate_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Every tensor: defined, CUDA, on `like`'s device, `like`'s dtype, contiguous, of `sizes`.
-void check_tensor(const char* op, const char* name, const Tensor& t, const Tensor& like, at::IntArrayRef sizes) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but the inputs are on ", like.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
-              " but the inputs have ", like.scalar_type());
-  TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " has shape ", t.sizes(), ", expected ", sizes);
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
+using ecgkern_checks::check_tensor;
 
-// T, B, H from xg [T, B, 4H] and w_hh [4H, H], with the checks that make them meaningful.
+// T, B, H from xg [T, B, 4H] and w_hh [4H, H] (shared checks), plus the CUDA path's own
+// needs: at least one step, row and unit, and a dtype the kernels are built for.
 std::tuple<int64_t, int64_t, int64_t> sizes_of(const char* op, const Tensor& xg, const Tensor& w_hh) {
-  TORCH_CHECK(xg.defined() && w_hh.defined(), op, ": xg and w_hh must be defined");
-  TORCH_CHECK(xg.is_cuda(), op, ": xg must be a CUDA tensor, got one on ", xg.device());
+  const auto [T, B, H] = ecgkern_checks::recurrence_sizes(op, w_hh, "xg", xg, c10::DeviceType::CUDA);
   kernel_dtype(xg.scalar_type());
-  TORCH_CHECK(xg.dim() == 3, op, ": xg must be 3-D [T, B, 4H], got shape ", xg.sizes());
-  TORCH_CHECK(w_hh.dim() == 2, op, ": w_hh must be 2-D [4H, H], got shape ", w_hh.sizes());
-  const int64_t T = xg.size(0), B = xg.size(1), H = w_hh.size(1);
   TORCH_CHECK(T >= 1 && B >= 1 && H >= 1, op, ": needs at least one step, batch row and hidden unit; got T=", T,
               " B=", B, " H=", H);
   TORCH_CHECK(xg.size(2) == 4 * H, op, ": xg's last dimension is ", xg.size(2), ", expected 4 * hidden = ", 4 * H);
-  TORCH_CHECK(B <= INT32_MAX, op, ": batch ", B, " is too large");
   return {T, B, H};
 }
 
@@ -82,14 +70,15 @@ P step_ptr(const Tensor& t, int64_t step, int64_t step_numel) {
   return reinterpret_cast<P>(static_cast<char*>(t.data_ptr()) + step * step_numel * static_cast<int64_t>(t.element_size()));
 }
 
-std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_cuda(const Tensor& xg, const Tensor& w_hh, const Tensor& h0,
-                                                        const Tensor& c0) {
+std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_cuda(const Tensor& xg_in, const Tensor& w_hh_in,
+                                                        const Tensor& h0_in, const Tensor& c0_in) {
   constexpr const char* op = "ecgkern::lstm_recurrence (cuda)";
-  const auto [T, B, H] = sizes_of(op, xg, w_hh);
-  check_tensor(op, "xg", xg, xg, {T, B, 4 * H});
-  check_tensor(op, "w_hh", w_hh, xg, {4 * H, H});
-  check_tensor(op, "h0", h0, xg, {B, H});
-  check_tensor(op, "c0", c0, xg, {B, H});
+  const auto [T, B, H] = sizes_of(op, xg_in, w_hh_in);
+  check_tensor(op, "xg", xg_in, "xg", xg_in, {T, B, 4 * H}, "[T, B, 4H]");
+  check_tensor(op, "w_hh", w_hh_in, "xg", xg_in, {4 * H, H}, "[4H, H]");
+  check_tensor(op, "h0", h0_in, "xg", xg_in, {B, H}, "[B, H]");
+  check_tensor(op, "c0", c0_in, "xg", xg_in, {B, H}, "[B, H]");
+  const Tensor xg = xg_in.contiguous(), w_hh = w_hh_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
 
   const c10::cuda::CUDAGuard guard(xg.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(xg.get_device()).stream();
@@ -124,20 +113,23 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_cuda(const Tensor& xg, const 
   return {hs, cs, gates};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_recurrence_backward_cuda(const Tensor& dhs, const Tensor& dcs,
-                                                                         const Tensor& w_hh, const Tensor& h0,
-                                                                         const Tensor& c0, const Tensor& hs,
-                                                                         const Tensor& cs, const Tensor& gates) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_recurrence_backward_cuda(const Tensor& dhs_in, const Tensor& dcs_in,
+                                                                         const Tensor& w_hh_in, const Tensor& h0_in,
+                                                                         const Tensor& c0_in, const Tensor& hs_in,
+                                                                         const Tensor& cs_in, const Tensor& gates_in) {
   constexpr const char* op = "ecgkern::lstm_recurrence_backward (cuda)";
-  const auto [T, B, H] = sizes_of(op, gates, w_hh);
-  check_tensor(op, "gates", gates, gates, {T, B, 4 * H});
-  check_tensor(op, "dhs", dhs, gates, {T, B, H});
-  check_tensor(op, "dcs", dcs, gates, {T, B, H});
-  check_tensor(op, "w_hh", w_hh, gates, {4 * H, H});
-  check_tensor(op, "h0", h0, gates, {B, H});
-  check_tensor(op, "c0", c0, gates, {B, H});
-  check_tensor(op, "hs", hs, gates, {T, B, H});
-  check_tensor(op, "cs", cs, gates, {T, B, H});
+  const auto [T, B, H] = sizes_of(op, gates_in, w_hh_in);
+  check_tensor(op, "gates", gates_in, "gates", gates_in, {T, B, 4 * H}, "[T, B, 4H]");
+  check_tensor(op, "dhs", dhs_in, "gates", gates_in, {T, B, H}, "[T, B, H]");
+  check_tensor(op, "dcs", dcs_in, "gates", gates_in, {T, B, H}, "[T, B, H]");
+  check_tensor(op, "w_hh", w_hh_in, "gates", gates_in, {4 * H, H}, "[4H, H]");
+  check_tensor(op, "h0", h0_in, "gates", gates_in, {B, H}, "[B, H]");
+  check_tensor(op, "c0", c0_in, "gates", gates_in, {B, H}, "[B, H]");
+  check_tensor(op, "hs", hs_in, "gates", gates_in, {T, B, H}, "[T, B, H]");
+  check_tensor(op, "cs", cs_in, "gates", gates_in, {T, B, H}, "[T, B, H]");
+  const Tensor dhs = dhs_in.contiguous(), dcs = dcs_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), hs = hs_in.contiguous(), cs = cs_in.contiguous();
+  const Tensor gates = gates_in.contiguous();
 
   const c10::cuda::CUDAGuard guard(gates.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(gates.get_device()).stream();

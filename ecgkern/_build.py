@@ -71,10 +71,21 @@ def cpu_capability_flags() -> list[str]:
     """
     capability = torch.backends.cpu.get_cpu_capability()
     if capability == "AVX512":
-        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"]
+        flags = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX512"]
+        # bfloat16 dot products (vdpbf16ps) for the bf16 recurrent GEMMs, only where this CPU
+        # executes them: the build is cached per flag set, so each machine gets its own.
+        if cpu_has_avx512_bf16():
+            flags.append("-mavx512bf16")
+        return flags
     if capability == "AVX2":
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
     return []
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU executes AVX512-BF16 (vdpbf16ps), as torch detects it."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
 
 
 def _compiler() -> str:

@@ -159,6 +159,23 @@ def _check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tenso
     return lengths.to(torch.long)
 
 
+def _autocast_dtype(input) -> torch.dtype | None:
+    """The dtype torch.autocast asks for on ``input``'s device type, or None when it is off."""
+    if not isinstance(input, torch.Tensor) or not torch.amp.is_autocast_available(input.device.type):
+        return None  # e.g. meta tensors: validation reports the device
+    if not torch.is_autocast_enabled(input.device.type):
+        return None
+    return torch.get_autocast_dtype(input.device.type)
+
+
+def _autocast_cast(t, dtype: torch.dtype):
+    """A differentiable cast of an autocast-eligible tensor (floating point, not float64, as
+    torch.autocast decides); anything else passes unchanged for validation to judge."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in (torch.float64, dtype):
+        return t.to(dtype)
+    return t
+
+
 def lstm(
     input: torch.Tensor,
     hx: tuple[torch.Tensor, torch.Tensor] | None,
@@ -182,7 +199,22 @@ def lstm(
     and the output have P features per direction, c0 and c_n H.
     ``lengths``: optional valid length per sequence (ints >= 1, <= T); output past it is zero.
     Returns ``(output, (h_n, c_n))``.
+
+    Under ``torch.autocast`` (nn.LSTM's mixed precision): the input, the states and every
+    weight are cast to the autocast dtype (casts autograd differentiates, so float32
+    parameters stay float32 and receive float32 gradients) and the output and states come back
+    in that dtype; float64 tensors stay float64, as torch.autocast leaves them.
     """
+    autocast_dtype = _autocast_dtype(input)
+    if autocast_dtype is not None:
+        cast = lambda t: _autocast_cast(t, autocast_dtype)  # noqa: E731
+        input = cast(input)
+        if isinstance(hx, (tuple, list)):
+            hx = type(hx)(cast(s) for s in hx)
+        weights = [tuple(cast(w) for w in layer) if isinstance(layer, (tuple, list)) else layer for layer in weights]
+        with torch.autocast(input.device.type, enabled=False):
+            return lstm(input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+                        training=training, batch_first=batch_first, lengths=lengths, backend=backend)
     num_directions = 2 if bidirectional else 1
     if len(weights) != num_layers * num_directions:
         raise ValueError(f"expected {num_layers * num_directions} weight tuples (num_layers * num_directions), got {len(weights)}")

@@ -315,3 +315,45 @@ def test_malloc_steady_keeps_big_blocks_off_mmap(mode, from_heap):
 def test_malloc_mode_is_checked():
     with pytest.raises(ValueError, match="unknown --malloc mode 'fast'"):
         apply_malloc("fast")
+
+
+def test_bfloat16_cpu_run_is_autocast_with_float32_cpp_beside(tmp_path):
+    """--dtype bfloat16 on CPU: layers under autocast (nn.LSTM too), float32 cpp timed beside,
+    the ISA flags and the bf16 and fp32 peaks recorded, each row's % peak against its own dtype."""
+    from ecgkern.backends import available_backends
+
+    if available_backends("cpu")["cpp"].reason is not None:
+        pytest.skip("the cpp backend cannot run here")
+    argv = TINY + ["--dtype", "bfloat16", "--modes", "fwdbwd", "--backends", "cpp", "--out", str(tmp_path),
+                   "--name", "bf16", "--no-plots"]
+    assert main(argv) == 0
+    data = load_json(tmp_path / "bf16.json")
+    assert set(data["matmul_peak"]) == {"cpu/bfloat16", "cpu/float32"}
+    assert data["environment"]["cpu_isa"] is None or "avx512_bf16" in data["environment"]["cpu_isa"]
+    (case,) = data["cases"]
+    b = case["backends"]
+    assert list(b) == [TORCH, "reference", "cpp", "cpp float32"]
+    assert all(b[n]["status"] == "ok" for n in b)
+    assert b["cpp"]["peak_dtype"] == "bfloat16" and b["cpp float32"]["peak_dtype"] == "float32"
+    peaks = {k: v["gflops_best"] for k, v in data["matmul_peak"].items()}
+    for name in ("cpp", "cpp float32"):
+        want = 100 * b[name]["gflops"] / peaks[f"cpu/{b[name]['peak_dtype']}"]
+        assert b[name]["pct_of_peak"] == pytest.approx(want)
+    md = (tmp_path / "bf16.md").read_text()
+    assert "avx512_bf16" in md and "bfloat16 64² matmul peak" in md and "torch.autocast" in md
+
+
+def test_autocast_runner_returns_the_autocast_dtype():
+    case = Case("cpu", torch.bfloat16, "fwd", Shape(3, 5, 1, 4))
+    seen = []
+    orig = torch.nn.LSTM.forward
+
+    def spy(self, *args, **kwargs):
+        out = orig(self, *args, **kwargs)
+        seen.append((out[0].dtype, self.weight_hh_l0.dtype))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.LSTM, "forward", spy)
+        make_runner(TORCH, case, make_inputs(case))()
+    assert seen == [(torch.bfloat16, torch.float32)]

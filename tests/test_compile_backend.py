@@ -64,8 +64,8 @@ def test_bad_inputs_are_rejected_with_the_reason():
         compiled.recurrence(xg, w_hh[:, :3], h0, c0)
     with pytest.raises(ValueError, match="h0 is torch.float64"):
         compiled.recurrence(xg, w_hh, h0.double(), c0)
-    with pytest.raises(TypeError, match="float16 is not supported"):
-        compiled.recurrence(*(t.half() for t in (xg, w_hh, h0, c0)))
+    with pytest.raises(TypeError, match="complex64 is not supported"):
+        compiled.recurrence(*(t.to(torch.complex64) for t in (xg, w_hh, h0, c0)))
 
 
 def test_missing_cpp_compiler_is_reported():
@@ -81,4 +81,5 @@ def test_missing_cpp_compiler_is_reported():
 def test_support_matrix():
     assert compiled.supports("cpu", torch.float32) is None
     assert compiled.supports("cuda", torch.float64) is None
-    assert "not supported" in compiled.supports("cpu", torch.bfloat16)
+    assert compiled.supports("cpu", torch.bfloat16) is None
+    assert "not supported" in compiled.supports("cpu", torch.complex64)

@@ -205,7 +205,7 @@ def _good_forward_args():
     (2, torch.zeros(3, 4), r"h0 has shape \[3, 4\], expected \[B, H\]"),
     (3, torch.zeros(2, 5), r"c0 has shape \[2, 5\]"),
     (2, torch.zeros(2, 4, dtype=torch.float64), r"h0 has dtype Double but w_hh has dtype Float"),
-    (0, torch.zeros(3, 2, 16, dtype=torch.int32), r"xg must be float32 or float64"),
+    (0, torch.zeros(3, 2, 16, dtype=torch.int32), r"xg must be float32, float64, float16 or bfloat16, got Int"),
 ])
 def test_forward_rejects_bad_inputs(position, bad, message):
     args = _good_forward_args()
@@ -229,7 +229,9 @@ def test_backward_rejects_bad_inputs():
 def test_supports():
     assert cpp.supports("cpu", torch.float32) is None
     assert cpp.supports("cpu", torch.float64) is None
-    assert "float16" in cpp.supports("cpu", torch.float16)
+    assert cpp.supports("cpu", torch.float16) is None
+    assert cpp.supports("cpu", torch.bfloat16) is None
+    assert "complex64" in cpp.supports("cpu", torch.complex64)
     assert "CPU only" in cpp.supports("cuda", torch.float32)
     assert "CPU only" in cpp.unavailable_reason("cuda")
 

@@ -35,7 +35,7 @@ from ._library import lstm_recurrence_op
 
 NAME = "compile"
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def unavailable_reason(device_type: str | None = None) -> str | None:
@@ -59,7 +59,7 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
     if device_type not in ("cpu", "cuda"):
         return f"device type {device_type!r} is not supported (cpu and cuda are)"
     if dtype not in _DTYPES:
-        return f"{dtype} is not supported (float32 and float64 are)"
+        return f"{dtype} is not supported (float32, float64, bfloat16 and float16 are)"
     return None
 
 

@@ -25,8 +25,8 @@ def unavailable_reason(device_type: str | None = None) -> str | None:
 def supports(device_type: str, dtype: torch.dtype) -> str | None:
     if device_type != "cpu":
         return f"the cpp backend runs on CPU only, not on {device_type}"
-    if dtype not in (torch.float32, torch.float64):
-        return f"the cpp backend supports float32 and float64, not {dtype}"
+    if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return f"the cpp backend supports float32, float64, bfloat16 and float16, not {dtype}"
     return None
 
 

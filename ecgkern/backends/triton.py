@@ -11,8 +11,9 @@ Two paths, sharing the pointwise math in ``_triton_kernels``:
   ``tl.dot``. Chosen by ``use_persistent``: on a GPU for float32/float16/bfloat16, and under
   the interpreter (one launch instead of 2T makes the tests much faster there).
 
-Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 (GPU only) are computed
-in float32: pointwise math, tl.dot accumulation, and the carried dc of the step path.
+Either way dW_hh is ONE GEMM after the reverse loop. float16/bfloat16 are computed
+in float32: pointwise math, tl.dot accumulation, and the carried dc of the step path
+(bfloat16 on CUDA only: the interpreter computes it wrongly).
 
 Both directions are the kernels of the custom op ``ecgkern::triton_recurrence`` (defined
 through ``_library`` with a ``persistent`` flag): autograd, ``torch.func`` and ``torch.compile``
@@ -86,10 +87,10 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
     if device_type == "cpu":
         if not INTERPRETED:
             return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 in the environment before importing ecgkern"
-        if dtype in (torch.float16, torch.bfloat16):
-            return f"{dtype} is supported on CUDA only"
+        if dtype == torch.bfloat16:  # the interpreter runs on numpy, which has no bfloat16
+            return "bfloat16 runs on CUDA only (Triton's interpreter computes it wrongly)"
         if dtype not in _FLOAT_DTYPES:
-            return f"{dtype} is not supported (float32 and float64 are on CPU)"
+            return f"{dtype} is not supported (float32, float64 and float16 are on CPU)"
         return None
     if device_type != "cuda":
         return f"device type {device_type!r} is not supported (cuda, and cpu through the interpreter)"

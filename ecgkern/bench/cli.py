@@ -16,7 +16,8 @@ from .allocator import apply as apply_malloc
 from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
 from .report import SCHEMA, case_record, compare, compare_text, load_json, markdown, write_json
-from .runners import ALL_BACKENDS, TORCH, make_inputs, make_runner, parse_backends, skip_reason
+from .runners import (ALL_BACKENDS, CPP_FLOAT32, TORCH, extra_backends, make_inputs, make_runner, parse_backends,
+                      skip_reason, uses_autocast)
 
 QUICK = {"repeats": 10, "budget": 1.0}
 FULL = {"repeats": 30, "budget": 3.0}
@@ -143,7 +144,11 @@ def plan(args, devices) -> tuple[list, dict]:
     shapes = {d: _shapes(args, d) for d in devices}
     dtypes = {d: _dtypes(args.dtype, d) for d in devices}
     modes = _modes(args.modes)
-    return [c for d in devices for c in build_cases([d], dtypes, modes, shapes[d])], dtypes
+    cases = [c for d in devices for c in build_cases([d], dtypes, modes, shapes[d])]
+    # The float32 peak too where float32 cpp is timed beside autocast cases (its % of peak).
+    peak_dtypes = {d: dedupe(dtypes[d] + [torch.float32] * any(uses_autocast(c) for c in cases if c.device == d))
+                   for d in devices}
+    return cases, peak_dtypes
 
 
 def _measure_peaks(result, devices, dtypes, size) -> None:
@@ -174,8 +179,9 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
         inputs = make_inputs(case, args.seed)
         outcomes: dict[str, Outcome] = {}
         runners = {}
-        for name in backends:
-            reason = skip_reason(name, case.device, case.dtype, explicit)
+        names = backends + extra_backends(case, backends)
+        for name in names:
+            reason = skip_reason("cpp" if name == CPP_FLOAT32 else name, case.device, case.dtype, explicit)
             if reason:
                 outcomes[name] = Outcome("skipped", reason)
                 continue
@@ -193,8 +199,8 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
             runners, case.device, repeats=args.repeats, min_repeats=args.min_repeats, budget_s=args.budget,
             memory=not args.no_memory, on_call=tick,
         ))
-        peak = result["matmul_peak"].get(f"{case.device}/{dtype_name(case.dtype)}", {}).get("gflops_best")
-        result["cases"].append(case_record(case, {n: outcomes[n] for n in backends}, peak))
+        peaks = {k: v.get("gflops_best") for k, v in result["matmul_peak"].items()}
+        result["cases"].append(case_record(case, {n: outcomes[n] for n in names}, peaks))
         result["cases"][-1]["wall_s"] = case_time.seconds  # the whole case, warm-ups included
         write_json(result, path)
         del runners, inputs
@@ -204,8 +210,8 @@ def run_grid(args, cases, dtypes, backends, explicit, result, path: Path) -> Non
     if todo:  # measured again at the end: the best of both is the peak (a shared machine drifts)
         _measure_peaks(result, devices, dtypes, args.peak_size)
         for rec in result["cases"]:
-            peak = result["matmul_peak"].get(f"{rec['device']}/{rec['dtype']}", {}).get("gflops_best")
             for b in rec["backends"].values():
+                peak = result["matmul_peak"].get(f"{rec['device']}/{b.get('peak_dtype', rec['dtype'])}", {}).get("gflops_best")
                 if b.get("gflops") and peak:
                     b["pct_of_peak"] = 100 * b["gflops"] / peak
     result["environment"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -22,6 +22,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide which GEMM path runs (float32 FMA, AVX512-BF16 dot products, AMX).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def cpu_isa() -> dict[str, bool] | None:
+    """Each of ``ISA_FLAGS``: whether this CPU has it (from /proc/cpuinfo; None where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return {flag: flag in present for flag in ISA_FLAGS}
+    except OSError:
+        pass
+    return None
+
+
 def git_commit() -> str | None:
     """The ecgkern checkout's commit, with ``+dirty`` when it has uncommitted changes (result
     files that benchmark runs write into the checkout don't count: they are not the code)."""
@@ -73,6 +89,7 @@ def environment(devices=("cpu",)) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

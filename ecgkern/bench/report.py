@@ -13,20 +13,26 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from .cases import MODE_TITLES, Case, Shape, dtype_name
 from .measure import Outcome
-from .runners import REFERENCE, TORCH
+from .runners import CPP_FLOAT32, REFERENCE, TORCH
 
 SCHEMA = "ecgkern-bench/1"
 BASELINES = {"vs_nn_lstm": TORCH, "vs_reference": REFERENCE}
 
 
-def case_record(case: Case, outcomes: dict[str, Outcome], peak_gflops: float | None) -> dict:
-    """One case's JSON record: raw figures plus the derived medians, ratios and GFLOP/s."""
+def case_record(case: Case, outcomes: dict[str, Outcome], peaks: dict) -> dict:
+    """One case's JSON record: raw figures plus the derived medians, ratios and GFLOP/s.
+
+    ``peaks``: best matmul GFLOP/s per "device/dtype"; each row's % of peak is against the
+    peak of the dtype its GEMMs run in (float32 for the float32 cpp row of an autocast case).
+    """
     backends = {}
     for name, out in outcomes.items():
         rec = asdict(out)
         rec["repeats"] = len(out.times_s)
         rec.update(out.stats())
+        rec["peak_dtype"] = "float32" if name == CPP_FLOAT32 else dtype_name(case.dtype)
         if "median_s" in rec:
+            peak_gflops = peaks.get(f"{case.device}/{rec['peak_dtype']}")
             rec["gflops"] = case.flops / rec["median_s"] / 1e9
             rec["pct_of_peak"] = 100 * rec["gflops"] / peak_gflops if peak_gflops else None
         backends[name] = rec
@@ -111,10 +117,25 @@ def _allocator(info: dict | None) -> str:
     return f"{text}; {info.get('libc')}" + (f"; environment {env}" if env else "")
 
 
+def machine_tag(result: dict, device: str, dtype: str | None = None) -> str:
+    """The CPU model and ISA flags (and, with a dtype, that dtype's matmul peak) for a table header."""
+    env = result["environment"]
+    if device != "cpu":
+        return env.get("gpu_name") or device
+    isa = env.get("cpu_isa")
+    flags = "ISA flags not recorded" if not isa else ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in isa.items()
+                                                               if k in ("avx512f", "avx512_bf16", "amx_bf16"))
+    tag = f"{env.get('cpu_model')}; {flags}"
+    if dtype is not None:
+        entry = result.get("matmul_peak", {}).get(f"{device}/{dtype}", {})
+        tag += f"; {dtype} {entry.get('size')}² matmul peak {_fmt(entry.get('gflops_best'), '.0f')} GFLOP/s"
+    return tag
+
+
 def environment_lines(result: dict) -> list[str]:
     env, st = result["environment"], result.get("settings", {})
     lines = [
-        f"- machine: {env.get('cpu_model')} ({env.get('cpu_count')} CPUs, torch threads {env.get('torch_threads')})"
+        f"- machine: {machine_tag(result, 'cpu')} ({env.get('cpu_count')} CPUs, torch threads {env.get('torch_threads')})"
         + (f"; GPU {env['gpu_name']}" if env.get("gpu_name") else ""),
         f"- torch {env.get('torch')} (CUDA {env.get('cuda_runtime')}, oneDNN {'on' if env.get('mkldnn_enabled') else 'off'}),"
         f" triton {env.get('triton')}, Python {env.get('python')}; ecgkern {env.get('ecgkern')} at {env.get('ecgkern_commit')}",
@@ -126,6 +147,9 @@ def environment_lines(result: dict) -> list[str]:
         + ", ".join(f"{k} {v:.2f} s" for k, v in (env.get("backend_load_s") or {}).items()),
         f"- peak memory: {st.get('memory_method')}",
         f"- C heap: {_allocator(env.get('allocator'))}",
+        "- bfloat16/float16 on CPU: every layer runs in float32 under `torch.autocast` of that dtype (nn.LSTM's "
+        f"mixed precision; nn.LSTM under the same autocast is the baseline); `{CPP_FLOAT32}` is the float32 cpp layer "
+        "timed beside it, its % peak against the float32 peak",
         "- GFLOP/s counts GEMM FLOPs only (input projection, recurrence and, for fwd+bwd, the weight-gradient "
         "and dh GEMMs); % peak is against the best square `torch.mm` measured in the same run:"
         + "".join(f" {k}: {_fmt(v.get('gflops_best'), '.1f')} GFLOP/s (n={v.get('size')}, best of "
@@ -140,8 +164,9 @@ def environment_lines(result: dict) -> list[str]:
 
 def headline_table(result: dict, shape: dict) -> list[str]:
     """The ECG-shape summary: per device/dtype/backend, fwd and fwd+bwd medians and ratios."""
-    rows = ["| device | dtype | backend | fwd | fwd vs nn.LSTM | fwd vs reference | fwd+bwd | fwd+bwd vs nn.LSTM | fwd+bwd vs reference | train-step peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| device | dtype | backend | fwd | fwd vs nn.LSTM | fwd vs reference | fwd % peak | fwd+bwd | fwd+bwd vs nn.LSTM | "
+            "fwd+bwd vs reference | fwd+bwd % peak | train-step peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(c["device"], c["dtype"], c["mode"]): c for c in result["cases"] if c["shape"] == shape}
     pairs = sorted({(d, t) for d, t, _ in by})
     for dev, dt in pairs:
@@ -152,12 +177,13 @@ def headline_table(result: dict, shape: dict) -> list[str]:
             cells = []
             for rec in (f, b):
                 if rec is None:
-                    cells += ["–", "–", "–"]
+                    cells += ["–", "–", "–", "–"]
                 elif rec["status"] != "ok":
                     same = rec is b and f is not None and (f["status"], f.get("reason")) == (b["status"], b.get("reason"))
-                    cells += [b["status"].upper() if same else _cell(rec), "–", "–"]
+                    cells += [b["status"].upper() if same else _cell(rec), "–", "–", "–"]
                 else:
-                    cells += [_fmt_time(rec.get("median_s")), _fmt_x(rec.get("speedup_vs_nn_lstm")), _fmt_x(rec.get("speedup_vs_reference"))]
+                    cells += [_fmt_time(rec.get("median_s")), _fmt_x(rec.get("speedup_vs_nn_lstm")),
+                              _fmt_x(rec.get("speedup_vs_reference")), _fmt(rec.get("pct_of_peak"), ".1f")]
             mem = b.get("peak_mem_bytes") if b else None
             rows.append(f"| {dev} | {dt} | {name} | " + " | ".join(cells) + f" | {_fmt(mem and mem / 2**20, '.1f')} |")
     return rows
@@ -223,13 +249,14 @@ def markdown(result: dict, full: bool = True) -> str:
     if result["cases"]:
         ecg = next((c["shape"] for c in result["cases"] if c["shape"] == ECG.as_dict()), result["cases"][0]["shape"])
         note = " (the ECG5000 model's shape)" if ecg == ECG.as_dict() else ""
-        out += [f"## Headline: {Shape.from_dict(ecg).label}{note}", ""] + headline_table(result, ecg) + [""]
+        out += [f"## Headline: {Shape.from_dict(ecg).label}{note}", "", f"Machine: {machine_tag(result, 'cpu')}; "
+                "% peak is against the matmul peak of the row's own dtype.", ""] + headline_table(result, ecg) + [""]
     for (dev, dt, mode), cases in (_groups(result["cases"]) if full else {}).items():
-        title = f"{dev} {dt}, {MODE_TITLES[mode]}"
+        title = f"{dev} {dt}, {MODE_TITLES[mode]} ({machine_tag(result, dev, dt)})"
         out += [f"## Speedup vs nn.LSTM: {title}", ""] + speedup_matrix(cases, "vs_nn_lstm") + [""]
         out += [f"## Speedup vs reference: {title}", ""] + speedup_matrix(cases, "vs_reference") + [""]
     for (dev, dt, mode), cases in (_groups(result["cases"]) if full else {}).items():
-        out += [f"## All figures: {dev} {dt}, {MODE_TITLES[mode]}", ""] + detail_table(cases) + [""]
+        out += [f"## All figures: {dev} {dt}, {MODE_TITLES[mode]} ({machine_tag(result, dev, dt)})", ""] + detail_table(cases) + [""]
     if result.get("train"):
         out += ["## End-to-end training (ECG5000)", ""] + train_table(result["train"]) + [""]
     return "\n".join(out)

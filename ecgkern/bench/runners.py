@@ -6,6 +6,7 @@ the final hidden state, cross-entropy, and the gradients of every parameter.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,12 @@ REFERENCE = "reference"
 ALL_BACKENDS = (TORCH,) + BACKEND_NAMES
 _ALIASES = {"torch": TORCH, "nn.lstm": TORCH, "nn": TORCH, "cudnn": TORCH, "onednn": TORCH}
 HEAD_CLASSES = 5  # ECG5000 has 5 classes
+
+# On CPU, bfloat16/float16 cases run every layer under torch.autocast (float32 weights, as
+# training with mixed precision does; nn.LSTM under autocast is the baseline), and time the
+# float32 cpp layer beside them under this name.
+CPP_FLOAT32 = "cpp float32"
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 
 TRITON_CPU_NOTE = ("excluded from CPU timing by default: on CPU Triton runs only under its interpreter "
                    "(for tests); name it in --backends to time it anyway")
@@ -63,6 +70,16 @@ def skip_reason(backend: str, device: str, dtype: torch.dtype, explicit: set[str
     return None
 
 
+def uses_autocast(case: Case) -> bool:
+    """Whether the case's layers run in float32 under torch.autocast(case.dtype) (reduced CPU dtypes)."""
+    return case.device == "cpu" and case.dtype in REDUCED_DTYPES
+
+
+def extra_backends(case: Case, backends: list[str]) -> list[str]:
+    """Rows timed beside the asked-for backends: float32 cpp next to an autocast cpp."""
+    return [CPP_FLOAT32] if uses_autocast(case) and "cpp" in backends else []
+
+
 def _model(backend: str, case: Case) -> torch.nn.Module:
     from .. import LSTM
 
@@ -88,6 +105,15 @@ def make_inputs(case: Case, seed: int = 0):
 
 def make_runner(backend: str, case: Case, inputs) -> Callable[[], None]:
     """A no-argument callable doing one timed unit of work for ``backend`` on ``case``."""
+    if backend == CPP_FLOAT32:
+        return make_runner("cpp", dataclasses.replace(case, dtype=torch.float32), inputs)
+    if uses_autocast(case):
+        run = make_runner(backend, dataclasses.replace(case, dtype=torch.float32), inputs)
+
+        def run_autocast():
+            with torch.autocast(case.device, dtype=case.dtype):
+                run()
+        return run_autocast
     state, head_state, x, y = inputs
     model = _model(backend, case)
     model.load_state_dict(state)

@@ -48,6 +48,8 @@ def _add_train_args(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--step-loss", type=float, default=d.step_loss, metavar="W",
                    help="early classification: loss = (1-W) * last-step CE + W * mean CE over every step")
     g.add_argument("--augment", action="store_true", help="random amplitude scaling, offset and jitter of training beats")
+    g.add_argument("--amp", choices=("off", "bf16"), default=d.amp,
+                   help="mixed precision: bf16 runs the training steps under torch.autocast(bfloat16), weights stay float32; default %(default)s")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -29,6 +29,8 @@ from .models import MODEL_KEYS, ECGClassifier
 CHECKPOINT_FORMAT = "ecgkern-ecg-checkpoint"
 LR_SCHEDULES = ("constant", "cosine")
 SELECTIONS = ("val_loss", "last")
+# Mixed precision of the training steps: torch.autocast dtype per --amp choice (None = off).
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class TrainConfig:
     step_loss: float = 0.0  # weight of the mean per-step loss (early classification); 0 = last step only
     augment: bool = False
     select: str = "val_loss"  # which epoch's weights become model.pt: best validation loss, or the last
+    amp: str = "off"  # "bf16": training steps under torch.autocast(bfloat16); weights and optimizer stay float32
     seed: int = 0
     device: str = "auto"
     data_source: str = "bundled"
@@ -66,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown selection {self.select!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp mode {self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         for name in ("epochs", "hidden_size", "num_layers", "batch_size"):
@@ -219,7 +224,9 @@ class Trainer:
             xb, yb = X[idx], y[idx]
             if cfg.augment:
                 xb = augment_batch(xb.cpu(), self.gen).to(self.device)
-            loss = _loss(self.model, xb, yb, self.weight, cfg.step_loss)
+            amp_dtype = AMP_DTYPES[cfg.amp]
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = _loss(self.model, xb, yb, self.weight, cfg.step_loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
