@@ -196,8 +196,6 @@ def _emulate(binary, strategy, dtype, T, B, H, inputs, tmp_path):
 ])
 @pytest.mark.parametrize("dtype", list(EMULATED_DTYPES), ids=lambda d: str(d).removeprefix("torch."))
 def test_kernels_emulated_on_cpu(emulator, strategy, shapes, dtype, tmp_path):
-    rtol, atol = testing.TOLERANCES[dtype]
-    grtol, gatol = testing.GRAD_TOLERANCES[dtype]
     for k, (T, B, H) in enumerate(shapes):
         context = f"emulated {strategy} kernels, T={T} B={B} H={H} {dtype}"
         inputs = testing.random_recurrence_inputs(T, B, H, dtype=dtype, seed=k)
@@ -216,12 +214,12 @@ def test_kernels_emulated_on_cpu(emulator, strategy, shapes, dtype, tmp_path):
         i, f, gg, o = pre.chunk(4, dim=2)
         tgates = torch.cat([i.sigmoid(), f.sigmoid(), gg.tanh(), o.sigmoid()], dim=2)
         for name, got, want in (("hs", hs, ths), ("cs", cs, tcs), ("gates", gates, tgates)):
-            testing.assert_close(name, got, want, rtol, atol, context)
+            testing.assert_close(name, got, want, *testing.tolerance(dtype, T, want), context)
         for name, got, want in (("dxg", dxg, tdxg), ("dh0", dh0, tdh0), ("dc0", dc0, tdc0)):
-            testing.assert_close(name, got, want, grtol, gatol, context)
+            testing.assert_close(name, got, want, *testing.tolerance(dtype, T, want, grad=True), context)
         # dW_hh as the binding forms it: ONE GEMM of dxg with [h0, hs[:-1]].
         dw = dxg.reshape(T * B, 4 * H).t() @ torch.cat([inputs[2][None], hs[:-1]]).reshape(T * B, H)
-        testing.assert_close("dw_hh", dw, tdw, grtol, gatol, context)
+        testing.assert_close("dw_hh", dw, tdw, *testing.tolerance(dtype, T, tdw, grad=True), context)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2 ** -9), (torch.float16, 2 ** -11)], ids=["bfloat16", "float16"])

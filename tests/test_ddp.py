@@ -68,15 +68,21 @@ def _worker(rank: int, port: int, jobs: list, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=TIMEOUT_S // 2))
+    keep = []  # DDP wrappers live until the process ends (see below)
     try:
         for backend, dtype in jobs:
             model = _model(backend, dtype)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
+            keep.append(ddp)
             shard = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
             grads, params = _step(model, _batch(dtype)[shard], LENGTHS[shard], ddp)
             torch.save({"grads": grads, "params": params}, os.path.join(out_dir, f"{backend}-{dtype}-{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    # Freeing a DDP Reducer can destroy gloo's process group with the GIL held while a gloo
+    # thread waits for the GIL to free its last work item: a teardown deadlock in torch, seen
+    # on a loaded 2-core machine. The results are on disk, so leave without running destructors.
+    os._exit(0)
 
 
 def _free_port() -> int:
