@@ -97,7 +97,8 @@ def _check_input(input: torch.Tensor, input_size: int, weight: torch.Tensor) -> 
     if input.device != weight.device:
         raise ValueError(f"LSTM input is on {input.device} but the weights are on {weight.device}; move one to the other")
     if input.dtype != weight.dtype:
-        raise TypeError(f"LSTM input dtype {input.dtype} does not match weight dtype {weight.dtype}; convert the input with .to({weight.dtype}) or the model with .to({input.dtype})")
+        raise TypeError(f"LSTM input dtype {input.dtype} does not match weight dtype {weight.dtype}; "
+                        f"convert the input with .to({weight.dtype}) or the model with .to({input.dtype})")
 
 
 def _check_tensor(label: str, t, shape: tuple, ref: torch.Tensor, hint: str = "") -> None:

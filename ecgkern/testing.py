@@ -152,7 +152,8 @@ def check_recurrence(
                     assert_close(name, got, want, *tolerance(dtype, T, want, grad=True), context)
 
 
-def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3), (4, 3, 5)), device="cpu", seed: int = 0, fast_mode: bool = False) -> None:
+def gradcheck_recurrence(recurrence: Recurrence, *, shapes=((1, 1, 1), (3, 2, 3), (4, 3, 5)), device="cpu", seed: int = 0,
+                         fast_mode: bool = False) -> None:
     """float64 ``torch.autograd.gradcheck`` on all four inputs at small shapes.
 
     ``fast_mode`` checks random projections of the Jacobian instead of every entry: for slow

@@ -82,7 +82,8 @@ LAYER_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", LAYER_CONFIGS, ids=lambda c: f"I{c['input_size']}H{c['hidden_size']}L{c['num_layers']}{'bi' if c['bidirectional'] else ''}")
+@pytest.mark.parametrize("cfg", LAYER_CONFIGS,
+                         ids=lambda c: f"I{c['input_size']}H{c['hidden_size']}L{c['num_layers']}{'bi' if c['bidirectional'] else ''}")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=["f32", "f64"])
 def test_layer_against_reference(backend, cfg, dtype):
     if dtype not in _dtypes(backend):

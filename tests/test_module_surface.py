@@ -45,7 +45,8 @@ def test_attributes_match_nn_lstm(cfg):
 def test_from_torch_copies_weights_and_matches(backend, cfg):
     if not _runs_config(backend, cfg):
         pytest.skip(f"backend {backend!r} does not implement proj_size")
-    dtype = torch.float64 if backends.get_backend(backend, torch.device("cpu"), torch.float64).supports("cpu", torch.float64) is None else torch.float32
+    dtype = (torch.float64 if backends.get_backend(backend, torch.device("cpu"), torch.float64).supports("cpu", torch.float64) is None
+             else torch.float32)
     ref = _nn(cfg, dtype).eval()
     ours = ecgkern.LSTM.from_torch(ref, backend=backend)
     assert ours.backend == backend and not ours.training

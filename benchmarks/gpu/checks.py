@@ -502,7 +502,8 @@ def roofline(result_path: str, *bench_paths: str) -> None:
     if not ceil:
         print("No ceilings were measured (the build stage did not get that far).")
         return
-    rows = ["| run | backend | shape | dtype | mode | median | per step | vs nn.LSTM | vs reference | GB/s (% copy ceiling) | GFLOP/s (% GEMM ceiling) |",
+    rows = ["| run | backend | shape | dtype | mode | median | per step | vs nn.LSTM | vs reference | "
+            "GB/s (% copy ceiling) | GFLOP/s (% GEMM ceiling) |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in bench_paths:
         if not os.path.exists(path):

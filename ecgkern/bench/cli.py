@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--train-epochs", type=int, default=20)
     sel.add_argument("--train-limit", type=int, default=None, help="train on the first N beats only (a smoke test)")
     how = p.add_argument_group("how to measure")
-    how.add_argument("--repeats", type=int, default=None, help=f"most timed calls per backend and case (default {FULL['repeats']}, quick {QUICK['repeats']})")
+    how.add_argument("--repeats", type=int, default=None,
+                     help=f"most timed calls per backend and case (default {FULL['repeats']}, quick {QUICK['repeats']})")
     how.add_argument("--min-repeats", type=int, default=3, help="fewest timed calls per backend and case (default 3)")
     how.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                     help=f"stop a backend's repeats once they add up to this, after --min-repeats (default {FULL['budget']}, quick {QUICK['budget']})")
+                     help=f"stop a backend's repeats once they add up to this, after --min-repeats "
+                          f"(default {FULL['budget']}, quick {QUICK['budget']})")
     how.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     how.add_argument("--peak-size", type=int, default=None, metavar="N",
                      help="matrix size of the matmul-peak measurement (default 2048 on CPU, 8192 on CUDA)")

@@ -139,7 +139,8 @@ def environment_lines(result: dict) -> list[str]:
         + (f"; GPU {env['gpu_name']}" if env.get("gpu_name") else ""),
         f"- torch {env.get('torch')} (CUDA {env.get('cuda_runtime')}, oneDNN {'on' if env.get('mkldnn_enabled') else 'off'}),"
         f" triton {env.get('triton')}, Python {env.get('python')}; ecgkern {env.get('ecgkern')} at {env.get('ecgkern_commit')}",
-        f"- run {env.get('date_utc')}, load average (1/5/15 min) at start {_load(env.get('load_average'))}, at end {_load(env.get('load_average_end'))}; command: `{result.get('command')}`",
+        f"- run {env.get('date_utc')}, load average (1/5/15 min) at start {_load(env.get('load_average'))}, "
+        f"at end {_load(env.get('load_average_end'))}; command: `{result.get('command')}`",
         f"- timing: first call apart (compile/JIT build), one warm-up call, then up to {st.get('repeats')} repeats "
         f"(at least {st.get('min_repeats')}, until {st.get('budget_s')} s per backend and case), backends interleaved; "
         "median and IQR; every timing includes the input projection",
@@ -197,7 +198,8 @@ def speedup_matrix(cases: list[dict], key: str) -> list[str]:
     rows = [f"| shape | {base} median | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for c in cases:
         b = c["backends"]
-        cells = [_fmt_x(b[n].get(f"speedup_{key}")) if n in b and b[n]["status"] == "ok" else (b[n]["status"].upper() if n in b else "–") for n in names]
+        cells = [_fmt_x(b[n].get(f"speedup_{key}")) if n in b and b[n]["status"] == "ok"
+                 else (b[n]["status"].upper() if n in b else "–") for n in names]
         rows.append(f"| {Shape.from_dict(c['shape']).label} | {_fmt_time(b.get(base, {}).get('median_s'))} | " + " | ".join(cells) + " |")
     return rows
 
@@ -237,7 +239,8 @@ def train_table(train: list[dict]) -> list[str]:
         base = ref.get(t["device"])
         ratio = base["wall_s"] / t["wall_s"] if base and t["status"] == "ok" else None
         rows.append(f"| {t['device']} | {t['backend']} | {t.get('epochs')} | {_fmt_time(t.get('wall_s'))} | "
-                    f"{_fmt(t.get('sequences_per_s'), '.0f')} | {_fmt_x(ratio)} | {t['status'] if t['status'] == 'ok' else t['status'] + ': ' + str(t.get('reason'))} |")
+                    f"{_fmt(t.get('sequences_per_s'), '.0f')} | {_fmt_x(ratio)} | "
+                    f"{t['status'] if t['status'] == 'ok' else t['status'] + ': ' + str(t.get('reason'))} |")
     return rows
 
 
