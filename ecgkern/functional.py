@@ -5,7 +5,7 @@ plus the flat weights, and validates every one of them before any kernel sees it
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

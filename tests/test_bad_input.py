@@ -11,15 +11,16 @@ inputs, unsorted PackedSequence, ...) are checked against contiguous runs and to
 from __future__ import annotations
 
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import ecgkern
-from ecgkern.functional import lstm as functional_lstm
 from ecgkern.backends import BackendUnavailableError, available_backends, get_backend
+from ecgkern.functional import lstm as functional_lstm
 from ecgkern.testing import GRAD_TOLERANCES, TOLERANCES, assert_close
 
 from _reliability import CPU, backend_dtypes, run_layer

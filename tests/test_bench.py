@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecgkern.bench import main
-from ecgkern.bench import cli, measure
+from ecgkern.bench import cli, main, measure
 from ecgkern.bench.allocator import apply as apply_malloc
 from ecgkern.bench.cases import ECG, Case, Shape, build_cases, gemm_flops, parse_dtype, parse_shape, preset_shapes
 from ecgkern.bench.measure import Outcome, measure_case

@@ -4,8 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ecgkern.ecg.evaluate import (EARLY_FRACTIONS, CheckpointError, classification_metrics, load_model,
-                                  prefix_lengths, prefix_proba, roc_auc)
+from ecgkern.ecg.evaluate import EARLY_FRACTIONS, CheckpointError, classification_metrics, load_model, prefix_lengths, prefix_proba, roc_auc
 from ecgkern.ecg.models import ECGClassifier
 from ecgkern.ecg.train import atomic_save
 

@@ -462,7 +462,8 @@ def offsets() -> None:
     write elsewhere). float32, so that the stored state is exactly the carried one."""
     _require_gpu()
     from ecgkern import testing
-    from ecgkern.backends import available_backends, cuda, triton as tb
+    from ecgkern.backends import available_backends, cuda
+    from ecgkern.backends import triton as tb
 
     T, B, H, tail = (2 ** 31) // (64 * 4 * 64) + 3, 64, 64, 3
     _, w_hh, h0, c0 = testing.random_recurrence_inputs(1, B, H, device="cuda")

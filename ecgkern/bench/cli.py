@@ -16,8 +16,7 @@ from .allocator import apply as apply_malloc
 from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
 from .report import SCHEMA, case_record, compare, compare_text, load_json, markdown, write_json
-from .runners import (ALL_BACKENDS, CPP_FLOAT32, TORCH, extra_backends, make_inputs, make_runner, parse_backends,
-                      skip_reason, uses_autocast)
+from .runners import ALL_BACKENDS, CPP_FLOAT32, TORCH, extra_backends, make_inputs, make_runner, parse_backends, skip_reason, uses_autocast
 
 QUICK = {"repeats": 10, "budget": 1.0}
 FULL = {"repeats": 30, "budget": 3.0}
