@@ -49,17 +49,12 @@ def _require_gpu() -> None:
 
 def _events_ms(fn, repeats: int, warmup: int = 2) -> float:
     """Median milliseconds of fn() over CUDA events, after warm-up calls."""
+    from ecgkern.timing import time_call
+
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    times = sorted(time_call(fn, "cuda") * 1e3 for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def _run(*cmd: str) -> str:
