@@ -18,7 +18,7 @@ from ecgkern.bench.cases import ECG, Case, Shape
 from ecgkern.bench.runners import TORCH, make_inputs, make_runner, skip_reason
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# (shape, rounds): the ECG5000 shape, and issue 3's batch 256 / hidden 256 training case.
+# (shape, rounds): the ECG5000 shape, and the batch 256 / hidden 256 training case.
 CASES = [(ECG, "fwd", 20), (ECG, "fwdbwd", 10), (Shape(256, 140, 1, 256), "fwdbwd", 5)]
 
 

@@ -47,7 +47,7 @@ def test_bad_shape_names_the_problem(text, words):
         parse_shape(text)
 
 
-def test_presets_contain_the_issue_shapes():
+def test_presets_contain_the_target_shapes():
     quick = preset_shapes("quick")
     assert quick[0] == ECG and Shape(256, 140, 1, 256) in quick
     full = preset_shapes("full")

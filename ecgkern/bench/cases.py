@@ -39,15 +39,15 @@ class Shape:
 
 ECG = Shape(batch=64, seq=140, input=1, hidden=64)  # the ECG5000 model's shape
 
-# The default grid (issue 5): batch x hidden x T, input size 1 as in ECG5000 (--input-size changes it).
+# The default grid: batch x hidden x T, input size 1 as in ECG5000 (--input-size changes it).
 GRID_BATCH = (1, 16, 64, 256)
 GRID_HIDDEN = (32, 64, 128, 256, 512)
 GRID_SEQ = (140, 1024)
 # --quick: the ECG shape plus enough points for a speedup-vs-batch (H=64) and -vs-hidden (B=64) curve.
 QUICK_BATCH_H64 = (1, 16, 256)
 QUICK_HIDDEN_B64 = (256,)
-QUICK_EXTRA = (Shape(256, 140, 1, 256),)  # issue 3's "batch 256, hidden 256" target
-GPU_EXTRA = (Shape(16, 1024, 1, 768),)  # issue 7's "batch 16, hidden 768, T=1024"
+QUICK_EXTRA = (Shape(256, 140, 1, 256),)  # the large-batch, large-hidden training target
+GPU_EXTRA = (Shape(16, 1024, 1, 768),)  # a long, wide GPU case (FlashRNN compares at this size)
 
 _KEYS = {"b": "batch", "batch": "batch", "t": "seq", "seq": "seq", "i": "input", "input": "input",
          "h": "hidden", "hidden": "hidden"}
