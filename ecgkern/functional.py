@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _onnx
+from ._validation import check_input, check_lengths, check_state, check_weights
 from .backends import get_backend
 
 # (w_ih [4H, I], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None), and with projections
@@ -81,85 +82,6 @@ def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, re
     return hs, h_n, c_n
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation: every message names the problem and the value that caused it.
-
-
-def _check_input(input: torch.Tensor, input_size: int, weight: torch.Tensor) -> None:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"LSTM input must be a torch.Tensor, got {type(input).__name__}")
-    if input.dim() not in (2, 3):
-        raise ValueError(f"LSTM: expected input to be 2D (unbatched) or 3D (batched), got {input.dim()}D with shape {tuple(input.shape)}")
-    if not input.dtype.is_floating_point:
-        raise TypeError(f"LSTM input must be a floating-point tensor, got dtype {input.dtype}")
-    if input.shape[-1] != input_size:
-        raise ValueError(f"LSTM input feature size mismatch: input.size(-1) is {input.shape[-1]}, expected input_size={input_size}")
-    if input.device != weight.device:
-        raise ValueError(f"LSTM input is on {input.device} but the weights are on {weight.device}; move one to the other")
-    if input.dtype != weight.dtype:
-        raise TypeError(f"LSTM input dtype {input.dtype} does not match weight dtype {weight.dtype}; "
-                        f"convert the input with .to({weight.dtype}) or the model with .to({input.dtype})")
-
-
-def _check_tensor(label: str, t, shape: tuple, ref: torch.Tensor, hint: str = "") -> None:
-    """``t`` must be a tensor of ``shape`` with ``ref``'s device and dtype; errors start with ``label``."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{label} has shape {tuple(t.shape)}, expected {shape}{hint}")
-    if t.device != ref.device:
-        raise ValueError(f"{label} is on {t.device} but the input is on {ref.device}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{label} dtype {t.dtype} does not match input dtype {ref.dtype}")
-
-
-def _check_state(name: str, state, expected: tuple, ref: torch.Tensor, size_name: str = "hidden_size") -> None:
-    _check_tensor(f"LSTM {name}", state, expected, ref, f" (num_layers * num_directions, batch, {size_name})")
-
-
-def _check_weights(weights: Sequence[LayerWeights], input_size: int, hidden: int, cell: int, num_directions: int,
-                   ref: torch.Tensor) -> None:
-    """Every layer's (w_ih, w_hh, b_ih, b_hh[, w_hr]): nn.LSTM's shapes, and the input's dtype and device.
-
-    ``hidden``: size of h (proj_size with projections); ``cell``: size of c (hidden_size).
-    """
-    projected = len(weights[0]) == 5
-    for k, layer_weights in enumerate(weights):
-        if not isinstance(layer_weights, (tuple, list)) or len(layer_weights) != len(weights[0]):
-            raise ValueError(f"weights[{k}] must be a tuple (w_ih, w_hh, b_ih, b_hh{', w_hr' if projected else ''}), "
-                             f"like weights[0], got {type(layer_weights).__name__}")
-        layer_input = input_size if k < num_directions else hidden * num_directions
-        b_ih, b_hh = layer_weights[2], layer_weights[3]
-        if (b_ih is None) != (b_hh is None):
-            raise ValueError(f"weights[{k}]: b_ih and b_hh must both be tensors or both be None")
-        expected = {"w_ih": (4 * cell, layer_input), "w_hh": (4 * cell, hidden), "b_ih": (4 * cell,),
-                    "b_hh": (4 * cell,), "w_hr": (hidden, cell)}
-        for (name, shape), w in zip(expected.items(), layer_weights):
-            if w is not None or name == "w_hr":
-                _check_tensor(f"weights[{k}] {name}", w, shape, ref)
-
-
-def _check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
-    if not isinstance(lengths, torch.Tensor):
-        try:
-            lengths = torch.as_tensor(lengths)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"lengths must be a 1-D integer tensor or sequence of ints: {exc}") from None
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
-    if lengths.device.type != "cpu" and lengths.device != device:
-        raise ValueError(f"lengths is on {lengths.device}; it must be on the CPU or on the input's device ({device})")
-    if lengths.dim() != 1 or lengths.shape[0] != B:
-        raise ValueError(f"lengths must have shape ({B},) (one per sequence in the batch), got {tuple(lengths.shape)}")
-    if B > 0:
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 1:
-            raise ValueError(f"lengths must be >= 1, got a length of {lo}")
-        if hi > T:
-            raise ValueError(f"lengths must be <= the sequence length {T}, got a length of {hi}")
-    return lengths.to(torch.long)
-
-
 def _autocast_dtype(input) -> torch.dtype | None:
     """The dtype torch.autocast asks for on ``input``'s device type, or None when it is off."""
     if not isinstance(input, torch.Tensor) or not torch.amp.is_autocast_available(input.device.type):
@@ -228,8 +150,8 @@ def lstm(
     projected = len(first) == 5
     hidden = w_hh0.shape[1]  # size of h: proj_size with projections
     cell = first[4].shape[1] if projected else hidden  # size of c: hidden_size
-    _check_input(input, w_ih0.shape[1], w_ih0)
-    _check_weights(weights, w_ih0.shape[1], hidden, cell, num_directions, input)
+    check_input(input, w_ih0.shape[1], w_ih0)
+    check_weights(weights, w_ih0.shape[1], hidden, cell, num_directions, input)
     batched = input.dim() == 3
     if not batched:
         input = input.unsqueeze(1)
@@ -256,10 +178,10 @@ def lstm(
                     expected = (num_layers * num_directions, size)
                     raise ValueError(f"LSTM {name} for unbatched input must be 2D {expected}, got shape {tuple(s.shape)}")
             h0, c0 = (s.unsqueeze(1) if isinstance(s, torch.Tensor) else s for s in (h0, c0))
-        _check_state("h_0", h0, state_shape, input, "proj_size" if projected else "hidden_size")
-        _check_state("c_0", c0, cell_shape, input)
+        check_state("h_0", h0, state_shape, input, "proj_size" if projected else "hidden_size")
+        check_state("c_0", c0, cell_shape, input)
     if lengths is not None:
-        lengths = _check_lengths(lengths, T, B, input.device)
+        lengths = check_lengths(lengths, T, B, input.device)
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}")
 

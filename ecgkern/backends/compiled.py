@@ -30,7 +30,7 @@ import types
 
 import torch
 
-from ._checks import check_recurrence_args
+from .._validation import check_recurrence_args
 from ._library import lstm_recurrence_op
 
 NAME = "compile"

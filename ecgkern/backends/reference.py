@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_projected_args, check_recurrence_args
+from .._validation import check_projected_args, check_recurrence_args
 
 NAME = "reference"
 

@@ -35,7 +35,7 @@ import os
 import torch
 
 from .._errors import BackendUnavailableError
-from ._checks import check_recurrence_args
+from .._validation import check_recurrence_args
 from ._library import lstm_recurrence_op
 
 NAME = "triton"
