@@ -116,3 +116,11 @@ def test_bad_inputs_are_rejected_with_the_reason():
         tb.recurrence(xg, w_hh.double(), h0, c0)
     with pytest.raises(TypeError, match="torch.int32"):
         tb.recurrence(*(t.int() for t in (xg, w_hh, h0, c0)))
+
+
+def test_row_counts_past_int32_are_refused_before_any_launch():
+    H = 2
+    xg = torch.zeros(1, 1, 4 * H).expand(2**16, 2**15, 4 * H)  # T*B = 2^31 rows, no memory behind them
+    w_hh, h0, c0 = torch.zeros(4 * H, H), torch.zeros(2**15, H), torch.zeros(2**15, H)
+    with pytest.raises(ValueError, match=r"T\*B = 2147483648"):
+        tb.recurrence(xg, w_hh, h0, c0)

@@ -215,6 +215,11 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
     """The backend interface; ``persistent`` forces (True) or forbids (False) the one-launch
     kernels, None lets ``use_persistent`` decide."""
     check_recurrence_args("triton", xg, w_hh, h0, c0, unavailable_reason(xg.device.type) or supports(xg.device.type, xg.dtype))
+    T, B, _ = xg.shape
+    H = w_hh.shape[1]
+    if T * B >= 2**31 or B * H >= 2**31:  # the kernels index rows (t*B + b) and [B, H] blocks in int32
+        raise ValueError(f"triton backend: T*B = {T * B} and B*H = {B * H} must each stay below 2^31; "
+                         "split the sequence or the batch, or use the cuda backend")
     if persistent is None:
         persistent = use_persistent(xg.device.type, xg.dtype, w_hh.shape[1])
     return TRITON_RECURRENCE(xg, w_hh, h0, c0, persistent=bool(persistent))
