@@ -6,7 +6,7 @@ import torch
 
 import ecgkern
 from ecgkern.backends import get_backend, resolve_backend_name
-from ecgkern.testing import assert_close, check_module, check_recurrence, reduced_precision_tolerance
+from ecgkern.testing import assert_close, check_module, check_recurrence, random_recurrence_inputs, reduced_precision_tolerance
 
 CPU = torch.device("cpu")
 REDUCED = (torch.bfloat16, torch.float16)
@@ -163,3 +163,26 @@ def test_bf16_dot_products_are_built_only_for_cpus_that_have_them(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(_build, "cpu_has_avx512_bf16", lambda: True)
     assert "-mavx512bf16" not in _build.cpu_capability_flags()
+
+
+def test_ops_called_directly_follow_autocast():
+    """The registered ops have autocast kernels: called on float32 tensors under CPU autocast they
+    compute in bfloat16 and return it, and float32 leaves get float32 gradients equal to the
+    explicitly cast call's."""
+    from ecgkern.backends import cpp
+
+    inputs = random_recurrence_inputs(5, 3, 8, dtype=torch.float32, seed=3)
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hs, cs = cpp.recurrence(*leaves)
+    assert hs.dtype == cs.dtype == torch.bfloat16
+    (hs.float().sum() + cs.float().pow(2).sum()).backward()
+    cast = [t.clone().requires_grad_(True) for t in inputs]
+    want_hs, want_cs = cpp.recurrence(*(t.to(torch.bfloat16) for t in cast))
+    (want_hs.float().sum() + want_cs.float().pow(2).sum()).backward()
+    assert torch.equal(hs, want_hs) and torch.equal(cs, want_cs)
+    for got, want in zip(leaves, cast):
+        assert got.grad.dtype == torch.float32
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # the inference op too
+        assert cpp.recurrence(*inputs)[0].dtype == torch.bfloat16

@@ -43,6 +43,21 @@ from torch.autograd import forward_ad
 _LIB = torch.library.Library("ecgkern", "DEF")  # keep a reference: the ops live as long as it
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
+
+
+def _autocast_kernel(op, device_type: str) -> Callable:
+    """The op under ``torch.autocast``, as nn.LSTM runs there: every floating-point tensor argument
+    except float64 is cast to the autocast dtype (casts autograd differentiates: float32 leaves
+    get float32 gradients), then the op runs with autocast off. The layer casts before it calls
+    a backend; this covers the ops called directly and graphs that hold them."""
+    def kernel(*args):
+        dtype = torch.get_autocast_dtype(device_type)
+        args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64 else a
+                     for a in args)
+        with torch.autocast(device_type, enabled=False):
+            return op(*args)
+    return kernel
 
 
 def dw_hh_tail(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -159,6 +174,9 @@ class RecurrenceOp:
                                         setup_context=self._setup_context, lib=_LIB)
         torch.library.register_autograd(f"ecgkern::{name}_inference", self._inference_backward,
                                         setup_context=lambda ctx, inputs, output: None, lib=_LIB)
+        for device_type in _DISPATCH_KEYS:
+            _LIB.impl(name, _autocast_kernel(self.op, device_type), _AUTOCAST_KEYS[device_type])
+            _LIB.impl(f"{name}_inference", _autocast_kernel(self.inference_op, device_type), _AUTOCAST_KEYS[device_type])
         self._has_inference: set[str] = set()
 
     # -- kernels --------------------------------------------------------------------------------
