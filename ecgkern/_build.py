@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import platform
 import re
 import shutil
 import sys
@@ -80,6 +81,13 @@ def cpu_capability_flags() -> list[str]:
     if capability == "AVX2":
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
     return []
+
+
+def portable_x86_build() -> bool:
+    """True on an x86 CPU where torch detects neither AVX2 nor AVX-512 (or ATEN_CPU_CAPABILITY=default
+    asks for neither): the kernels then build without vector instructions and their activations call
+    the scalar libm, several times slower than the reference loop's ATen kernels."""
+    return not cpu_capability_flags() and platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
 def cpu_has_avx512_bf16() -> bool:

@@ -342,6 +342,23 @@ def test_bfloat16_cpu_run_is_autocast_with_float32_cpp_beside(tmp_path):
     assert "avx512_bf16" in md and "bfloat16 64² matmul peak" in md and "torch.autocast" in md
 
 
+def test_a_capped_isa_is_named_with_the_machine(monkeypatch):
+    # ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS make an AVX-512 machine
+    # measure as an AVX2 one; the tables must not then read as the machine's own figures.
+    from ecgkern.bench import env as bench_env
+    from ecgkern.bench.report import machine_tag
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert bench_env.isa_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = {"environment": {"cpu_model": "Some CPU", "cpu_isa": {"avx512f": True}, "torch_cpu_capability": "AVX2",
+                              "isa_caps": bench_env.isa_caps()}}
+    assert machine_tag(result, "cpu") == ("Some CPU; avx512f yes; ISA capped (ONEDNN_MAX_CPU_ISA=AVX2): "
+                                          "torch's CPU capability AVX2")
+    result["environment"]["isa_caps"] = {}
+    assert "capped" not in machine_tag(result, "cpu")
+
+
 def test_autocast_runner_returns_the_autocast_dtype():
     case = Case("cpu", torch.bfloat16, "fwd", Shape(3, 5, 1, 4))
     seen = []

@@ -15,7 +15,7 @@ import torch
 
 import ecgkern
 from ecgkern import _build
-from ecgkern.backends import cpp
+from ecgkern.backends import cpp, reference
 from ecgkern.testing import check_module, check_recurrence, gradcheck_recurrence, random_recurrence_inputs
 
 _REASON = cpp.unavailable_reason()
@@ -38,6 +38,29 @@ def test_conformance_odd_shapes():
 def test_conformance_saturated_gates():
     # Large pre-activations drive sigmoid/tanh into saturation (the clamped tanh path).
     check_recurrence(cpp.recurrence, shapes=((7, 3, 9), (5, 2, 16)), scale=12.0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_reduced_precision_activations_saturate_and_pass_nan(dtype):
+    # bfloat16/float16 storage has its own activations (exp as 2^n * polynomial, a reciprocal
+    # estimate): saturated gates within the tolerance rule, odd widths (the masked tail)...
+    check_recurrence(cpp.recurrence, shapes=((7, 3, 9), (5, 7, 33)), dtypes=[dtype], scale=12.0)
+    # ...pre-activations far past the clamp give finite, saturated results...
+    xg, w, h0, c0 = random_recurrence_inputs(3, 4, 17, dtype=dtype)
+    for sign in (1.0, -1.0):
+        hs, cs = cpp.recurrence(xg * 0 + sign * 1e4, w, h0, c0)
+        assert torch.isfinite(hs).all() and torch.isfinite(cs).all(), f"{dtype}: NaN/Inf from saturated gates"
+        want_hs, want_cs = (t.to(dtype) for t in reference.recurrence(*(t.double() for t in (xg * 0 + sign * 1e4, w, h0, c0))))
+        torch.testing.assert_close(hs, want_hs, rtol=2 ** -7, atol=2 ** -7)
+        torch.testing.assert_close(cs, want_cs, rtol=2 ** -7, atol=2 ** -7)
+    # ...and a NaN reaches exactly its own row, from its step on.
+    xg = xg.clone()
+    xg[1, 2, 5] = float("nan")
+    hs, cs = cpp.recurrence(xg, w, h0, c0)
+    assert torch.isnan(hs[1:, 2]).any() and torch.isnan(cs[1:, 2]).any(), f"{dtype}: the NaN vanished"
+    others = [b for b in range(4) if b != 2]
+    assert torch.isfinite(hs[:, others]).all() and torch.isfinite(hs[0]).all(), f"{dtype}: the NaN leaked"
 
 
 @needs_cpp
@@ -312,3 +335,62 @@ def test_capability_flags_follow_torch(monkeypatch):
         assert expected in _build.cpu_capability_flags()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert _build.cpu_capability_flags() == []
+
+
+# Each machine builds the kernels for its own vector ISA, as torch detects it (AVX-512, AVX2 or
+# none); ATEN_CPU_CAPABILITY makes this machine build and run the others' too.
+_NATIVE_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+
+
+@needs_cpp
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_the_other_x86_builds_conform(capability):
+    if _NATIVE_CAPABILITY.lower() == capability:
+        pytest.skip(f"{capability} is this machine's own build: every other test runs it")
+    if capability == "avx2" and _NATIVE_CAPABILITY not in ("AVX2", "AVX512"):
+        pytest.skip(f"this CPU cannot run AVX2 code (torch's capability: {_NATIVE_CAPABILITY})")
+    result = _run("""
+        import torch
+        import ecgkern
+        from ecgkern import _build
+        from ecgkern.backends import cpp
+        from ecgkern.testing import check_module, check_recurrence
+        print("FLAGS", " ".join(_build.cpu_capability_flags()) or "none")
+        shapes = ((1, 1, 1), (6, 1, 17), (5, 4, 8), (3, 7, 70), (2, 3, 150))
+        check_recurrence(cpp.recurrence, shapes=shapes)
+        check_recurrence(cpp.recurrence, shapes=shapes[:4], dtypes=[torch.bfloat16, torch.float16])
+        check_recurrence(cpp.recurrence, shapes=((7, 3, 9),), scale=12.0)
+        torch.manual_seed(0)
+        check_module(ecgkern.LSTM(3, 9, num_layers=2, backend="cpp"))
+        ref = torch.nn.LSTM(3, 9, proj_size=4)  # the projected kernels (lstm_cpu_proj.cpp)
+        ours = ecgkern.LSTM(3, 9, proj_size=4, backend="cpp")
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(5, 2, 3)
+        for got, want in zip(torch.autograd.functional.vjp(lambda v: ours(v)[0], x, torch.ones(5, 2, 4)),
+                             torch.autograd.functional.vjp(lambda v: ref(v)[0], x, torch.ones(5, 2, 4))):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        print("CONFORMS")
+    """, ATEN_CPU_CAPABILITY=capability)
+    assert result.returncode == 0, result.stderr[-4000:]
+    flags = result.stdout.split("FLAGS", 1)[1].splitlines()[0].split()
+    assert flags == (["none"] if capability == "default" else [*flags[:-1], "-DCPU_CAPABILITY_AVX2"]), flags
+    assert "CONFORMS" in result.stdout
+
+
+@needs_cpp
+def test_auto_passes_over_the_portable_build(monkeypatch):
+    # Without AVX2 the kernels build without vector instructions, ~6x slower than the reference.
+    import platform
+    import warnings
+
+    from ecgkern.backends import available_backends, resolve_backend_name
+    monkeypatch.setattr(_build, "cpu_capability_flags", lambda: [])
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deliberate choice, not an installation problem: no warning
+        assert resolve_backend_name("auto") == "reference"
+    status = available_backends()["cpp"]
+    assert status.available and "portable build" in status.note
+    assert resolve_backend_name("cpp") == "cpp"  # asked for by name, it still runs
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # not measured there: no opinion
+    assert resolve_backend_name("auto") == "cpp"

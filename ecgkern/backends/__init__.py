@@ -127,7 +127,9 @@ def _projection_reason(module: ModuleType, projections: bool, device_type: str, 
 def _fallback_reason(name: str, device_type: str, dtype: torch.dtype, projections: bool) -> tuple[str | None, bool]:
     """(why ``name`` cannot run these tensors, whether that reason is about this installation)."""
     module = _MODULES[name]
-    reason = module.supports(device_type, dtype) or _projection_reason(module, projections, device_type, dtype)
+    auto_skip = getattr(module, "auto_skip_reason", None)
+    reason = (module.supports(device_type, dtype) or _projection_reason(module, projections, device_type, dtype)
+              or (auto_skip and auto_skip(device_type)))
     if reason is not None:
         return reason, False
     return module.unavailable_reason(device_type) or _prepare(module), True

@@ -30,6 +30,23 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
     return None
 
 
+# Measured at the ECG shape (B64, T140, H64) on an AVX-512 machine made to build without vector
+# instructions (ATEN_CPU_CAPABILITY=default): no_grad 74 ms vs the reference's 11 ms.
+PORTABLE_NOTE = ("this CPU gets the portable build of the C++ kernels (torch detects no AVX2): correct, but "
+                 "about 6x slower than the reference, so backend='auto' takes the reference")
+
+
+def note(device_type: str | None = None) -> str | None:
+    """A caveat for ``available_backends()`` / ``ecgkern info``: the portable build (see ``auto_skip_reason``)."""
+    return auto_skip_reason(device_type or "cpu") if unavailable_reason(device_type) is None else None
+
+
+def auto_skip_reason(device_type: str) -> str | None:
+    """Why ``auto`` passes over this backend although it runs here: on an x86 CPU without AVX2 the
+    kernels are slower than the reference."""
+    return PORTABLE_NOTE if device_type == "cpu" and _build.portable_x86_build() else None
+
+
 def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
     return _ops.recurrence(xg, w_hh, h0, c0)
 

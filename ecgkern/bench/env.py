@@ -38,6 +38,16 @@ def cpu_isa() -> dict[str, bool] | None:
     return None
 
 
+# Variables that cap the vector ISA of ATen (so of the cpp kernels' build), oneDNN and MKL: with
+# them an AVX-512 machine measures what an AVX2 one would run.
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> dict[str, str]:
+    """The ``ISA_CAP_VARIABLES`` set in this process's environment."""
+    return {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ}
+
+
 def git_commit() -> str | None:
     """The ecgkern checkout's commit, with ``+dirty`` when it has uncommitted changes (result
     files that benchmark runs write into the checkout don't count: they are not the code)."""
@@ -91,6 +101,8 @@ def environment(devices=("cpu",)) -> dict:
         "cpu_model": cpu_model(),
         "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": isa_caps(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "triton": _version("triton"),

@@ -126,6 +126,9 @@ def machine_tag(result: dict, device: str, dtype: str | None = None) -> str:
     flags = "ISA flags not recorded" if not isa else ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in isa.items()
                                                                if k in ("avx512f", "avx512_bf16", "amx_bf16"))
     tag = f"{env.get('cpu_model')}; {flags}"
+    if env.get("isa_caps"):  # an ISA capped on purpose: say so wherever the machine is named
+        caps = ", ".join(f"{k}={v}" for k, v in env["isa_caps"].items())
+        tag += f"; ISA capped ({caps}): torch's CPU capability {env.get('torch_cpu_capability')}"
     if dtype is not None:
         entry = result.get("matmul_peak", {}).get(f"{device}/{dtype}", {})
         tag += f"; {dtype} {entry.get('size')}² matmul peak {_fmt(entry.get('gflops_best'), '.0f')} GFLOP/s"
