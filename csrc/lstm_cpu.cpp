@@ -740,15 +740,19 @@ std::tuple<at::Tensor, at::Tensor> lstm_recurrence_inference_cpu(
 // dW_hh = sum_t dgates[t]^T h_{t-1}, one GEMM over all steps.
 at::Tensor weight_grad_of(const at::Tensor& dxg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& hs) {
   const int64_t Tn = dxg.size(0), B = dxg.size(1), H = w_hh.size(1);
+#if defined(CPU_CAPABILITY_AVX512)
   if (w_hh.scalar_type() == at::kBFloat16) {
     // ATen's bf16 GEMM (oneDNN, float32 accumulation) over [h0, hs[:-1]], rounded once.
     const at::Tensor h_prev = at::cat({h0.unsqueeze(0), hs.narrow(0, 0, Tn - 1)});
     return at::mm(dxg.reshape({-1, 4 * H}).t(), h_prev.reshape({-1, H}));
   }
-  if (w_hh.scalar_type() == at::kHalf) {
-    // ATen's float16 GEMM is a slow fallback on CPUs without AVX512-FP16: widen, run the
-    // float32 GEMM, round once.
-    return weight_grad_of(dxg.to(at::kFloat), w_hh.to(at::kFloat), h0.to(at::kFloat), hs.to(at::kFloat)).to(at::kHalf);
+#endif
+  if (w_hh.scalar_type() == at::kHalf || w_hh.scalar_type() == at::kBFloat16) {
+    // ATen's float16 GEMM on CPUs without AVX512-FP16, and its bfloat16 one without AVX-512, are
+    // loops 15-50x slower than its float32 GEMM: widen, run the float32 GEMM, round once (what
+    // the 16-bit GEMM computes: float32 accumulation). Same rule as ecgkern._build.cpu_gemm_is_fast.
+    return weight_grad_of(dxg.to(at::kFloat), w_hh.to(at::kFloat), h0.to(at::kFloat), hs.to(at::kFloat))
+        .to(w_hh.scalar_type());
   }
   // Steps 1..T-1 in the register-tiled GEMM (or ATen's when H is not whole vectors), then h0's.
   auto dw = at::empty_like(w_hh);

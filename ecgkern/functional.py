@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _onnx
+from . import _build, _onnx
 from ._validation import check_input, check_lengths, check_state, check_weights
 from .backends import get_backend
 
@@ -22,16 +22,26 @@ LayerWeights = tuple
 def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih, b_hh) -> torch.Tensor:
     """xg = x @ w_ih^T + (b_ih + b_hh) for all steps at once: [T, B, I] -> [T, B, 4H]."""
     T, B, _ = x.shape
+    if x.device.type == "cpu" and not _build.cpu_gemm_is_fast(x.dtype):
+        # A bfloat16/float16 GEMM without the CPU instructions: in float32, rounded once.
+        widen = lambda t: None if t is None else t.float()  # noqa: E731
+        return input_projection(x.float(), w_ih.float(), widen(b_ih), widen(b_hh)).to(x.dtype)
     flat = x.reshape(T * B, x.shape[2])
     if b_ih is None:
         xg = flat @ w_ih.t()
-    elif x.shape[2] == 1 and x.device.type == "cpu" and x.dtype == torch.float32:
-        # One input feature (ECG5000): an outer product, one fused pass over xg. ATen's float32
-        # GEMM with K = 1 takes ~3x as long at the ECG shape; its bfloat16 one does not.
+    elif x.shape[2] == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and not _may_need_grad(x, w_ih, b_ih, b_hh):
+        # One input feature (ECG5000) without gradients: an outer product, one pass over xg.
+        # ATen's float32 GEMM with K = 1 takes ~3x as long at the ECG shape (its bfloat16 one does
+        # not); in training addmm stays, as addcmul's backward costs more than that saves.
         xg = torch.addcmul(b_ih + b_hh, flat, w_ih.t())
     else:
         xg = torch.addmm(b_ih + b_hh, flat, w_ih.t())
     return xg.view(T, B, w_ih.shape[0])
+
+
+def _may_need_grad(*tensors) -> bool:
+    """Whether autograd may differentiate through these tensors (recorded graphs included)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _time_mask(lengths: torch.Tensor, T: int, device) -> torch.Tensor:

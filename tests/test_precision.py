@@ -3,6 +3,7 @@
 nn.LSTM's contract (dtype of the results, float32 gradients of float32 parameters)."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ecgkern
 from ecgkern.backends import get_backend, resolve_backend_name
@@ -186,3 +187,57 @@ def test_ops_called_directly_follow_autocast():
         torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # the inference op too
         assert cpp.recurrence(*inputs)[0].dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# 16-bit GEMMs on CPUs without the instructions
+
+
+class _GemmDtypes(TorchDispatchMode):
+    """Records the dtype of every mm/addmm that runs inside it."""
+
+    def __enter__(self):
+        self.dtypes = set()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.dtypes.add(args[1].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("capability, avx512_fp16, fast_bf16, fast_f16", [
+    ("AVX512", False, True, False), ("AVX512", True, True, True), ("AVX2", True, False, False), ("DEFAULT", False, False, False),
+])
+def test_which_16_bit_gemms_run_natively(monkeypatch, capability, avx512_fp16, fast_bf16, fast_f16):
+    from ecgkern import _build
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_fp16_supported", lambda: avx512_fp16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False, raising=False)
+    assert _build.cpu_gemm_is_fast(torch.bfloat16) is fast_bf16
+    assert _build.cpu_gemm_is_fast(torch.float16) is fast_f16
+    assert _build.cpu_gemm_is_fast(torch.float32) and _build.cpu_gemm_is_fast(torch.float64)
+
+
+@pytest.mark.parametrize("dtype", REDUCED, ids=["bf16", "f16"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_slow_16_bit_input_projection_runs_in_float32(monkeypatch, dtype, bias):
+    # Where ATen's 16-bit GEMM is a slow loop, the layer's input projection is the float32 GEMM
+    # of the widened operands, rounded once; gradients come back in the storage dtype.
+    from ecgkern import _build
+    from ecgkern.functional import input_projection
+    monkeypatch.setattr(_build, "cpu_gemm_is_fast", lambda d: d not in REDUCED)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 3, 4, generator=g).to(dtype), torch.randn(8, 4, generator=g).to(dtype).requires_grad_()
+    b_ih, b_hh = (torch.randn(8, generator=g).to(dtype).requires_grad_() if bias else None for _ in range(2))
+    with _GemmDtypes() as gemms:
+        xg = input_projection(x, w, b_ih, b_hh)
+        xg.float().sum().backward()
+    assert gemms.dtypes and gemms.dtypes <= {torch.float32}, f"GEMMs ran in {gemms.dtypes}"
+    assert xg.dtype == dtype and xg.shape == (5, 3, 8)
+    want = x.float().reshape(15, 4) @ w.detach().float().t()
+    if bias:
+        want = want + (b_ih.detach().float() + b_hh.detach().float())
+    torch.testing.assert_close(xg.detach(), want.view(5, 3, 8).to(dtype), rtol=2 ** -7, atol=0)
+    assert w.grad.dtype == dtype
+    torch.testing.assert_close(w.grad.float(), x.float().reshape(15, 4).sum(0).expand(8, 4), rtol=2 ** -7, atol=0)

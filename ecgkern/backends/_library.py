@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch.autograd import forward_ad
 
+from .. import _build
+
 _LIB = torch.library.Library("ecgkern", "DEF")  # keep a reference: the ops live as long as it
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
@@ -66,6 +68,8 @@ def dw_hh_tail(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
     Needs ``dxg`` [T, B, 4H] (the pre-activation gate gradients), ``h0`` [B, P], ``hs`` [T, B, P].
     """
     dxg, h0, hs = values["dxg"], values["h0"], values["hs"]
+    if dxg.device.type == "cpu" and not _build.cpu_gemm_is_fast(dxg.dtype):  # in float32, rounded once
+        return dw_hh_tail({"dxg": dxg.float(), "h0": h0.float(), "hs": hs.float()}).to(dxg.dtype)
     h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]))
     return dxg.reshape(-1, dxg.shape[-1]).t() @ h_prev.reshape(-1, h_prev.shape[-1])
 
