@@ -342,6 +342,27 @@ def test_bfloat16_cpu_run_is_autocast_with_float32_cpp_beside(tmp_path):
     assert "avx512_bf16" in md and "bfloat16 64² matmul peak" in md and "torch.autocast" in md
 
 
+def test_a_16_bit_dtype_without_gemm_instructions_is_against_the_float32_peak(tmp_path, monkeypatch):
+    # float16 on a CPU without AVX512-FP16: ATen's float16 GEMM is a loop under 1 GFLOP/s (a 2048²
+    # "peak" of it took minutes) and ecgkern widens to float32; the rows are against float32's peak.
+    from ecgkern import _build
+    from ecgkern.backends import available_backends
+
+    if available_backends("cpu")["cpp"].reason is not None:
+        pytest.skip("the cpp backend cannot run here")
+    monkeypatch.setattr(_build, "cpu_gemm_is_fast", lambda dtype: dtype != torch.float16)
+    argv = TINY + ["--dtype", "float16", "--modes", "fwd", "--backends", "cpp", "--out", str(tmp_path), "--name", "f16",
+                   "--no-plots", "--no-memory"]
+    assert main(argv) == 0
+    data = load_json(tmp_path / "f16.json")
+    assert set(data["matmul_peak"]) == {"cpu/float32"}
+    (case,) = data["cases"]
+    assert {b["peak_dtype"] for b in case["backends"].values()} == {"float32"}
+    assert all(b["pct_of_peak"] is not None for b in case["backends"].values() if b["status"] == "ok")
+    md = (tmp_path / "f16.md").read_text()
+    assert "float16 on cpu: no GEMM instructions for it on this CPU" in md and "float32 64² matmul peak" in md
+
+
 def test_a_capped_isa_is_named_with_the_machine(monkeypatch):
     # ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS make an AVX-512 machine
     # measure as an AVX2 one; the tables must not then read as the machine's own figures.

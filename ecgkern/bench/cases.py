@@ -122,6 +122,17 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def gemm_dtype(device: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the GEMMs of a ``dtype`` case run in, whose matmul peak its % of peak is against:
+    float32 for a 16-bit dtype this CPU has no GEMM instructions for (ecgkern widens those; the
+    peak of ATen's fallback loop, well under 1 GFLOP/s, would say nothing)."""
+    from .. import _build
+
+    if str(device).startswith("cpu") and not _build.cpu_gemm_is_fast(dtype):
+        return torch.float32
+    return dtype
+
+
 def gemm_flops(shape: Shape, mode: str) -> int:
     """Matrix-multiply FLOPs of one call (2 per multiply-add); the pointwise gate math is not counted.
 

@@ -13,7 +13,7 @@ import torch
 from ..timing import Stopwatch
 from .allocator import MODES as MALLOC_MODES
 from .allocator import apply as apply_malloc
-from .cases import MODES, build_cases, dedupe, dtype_name, grid, parse_dtype, parse_shape, preset_shapes
+from .cases import MODES, build_cases, dedupe, dtype_name, gemm_dtype, grid, parse_dtype, parse_shape, preset_shapes
 from .measure import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD, Outcome, matmul_peak, measure_case
 from .report import SCHEMA, case_record, compare, compare_text, load_json, markdown, write_json
 from .runners import ALL_BACKENDS, CPP_FLOAT32, TORCH, extra_backends, make_inputs, make_runner, parse_backends, skip_reason, uses_autocast
@@ -147,7 +147,8 @@ def plan(args, devices) -> tuple[list, dict]:
     modes = _modes(args.modes)
     cases = [c for d in devices for c in build_cases([d], dtypes, modes, shapes[d])]
     # The float32 peak too where float32 cpp is timed beside autocast cases (its % of peak).
-    peak_dtypes = {d: dedupe(dtypes[d] + [torch.float32] * any(uses_autocast(c) for c in cases if c.device == d))
+    peak_dtypes = {d: dedupe([gemm_dtype(d, dt) for dt in dtypes[d]]
+                             + [torch.float32] * any(uses_autocast(c) for c in cases if c.device == d))
                    for d in devices}
     return cases, peak_dtypes
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from .cases import MODE_TITLES, Case, Shape, dtype_name
+from .cases import MODE_TITLES, Case, Shape, dedupe, dtype_name, gemm_dtype
 from .measure import Outcome
 from .runners import CPP_FLOAT32, REFERENCE, TORCH
 
@@ -30,7 +30,7 @@ def case_record(case: Case, outcomes: dict[str, Outcome], peaks: dict) -> dict:
         rec = asdict(out)
         rec["repeats"] = len(out.times_s)
         rec.update(out.stats())
-        rec["peak_dtype"] = "float32" if name == CPP_FLOAT32 else dtype_name(case.dtype)
+        rec["peak_dtype"] = "float32" if name == CPP_FLOAT32 else dtype_name(gemm_dtype(case.device, case.dtype))
         if "median_s" in rec:
             peak_gflops = peaks.get(f"{case.device}/{rec['peak_dtype']}")
             rec["gflops"] = case.flops / rec["median_s"] / 1e9
@@ -107,6 +107,12 @@ def _load(values) -> str:
     return "–" if not values else "/".join(f"{v:.1f}" for v in values)
 
 
+def _widened(result: dict) -> list[tuple[str, str]]:
+    """(device, dtype) of the cases whose GEMMs run in another dtype (``gemm_dtype``)."""
+    return dedupe((c["device"], c["dtype"]) for c in result.get("cases", [])
+                  for n, b in c["backends"].items() if n != CPP_FLOAT32 and b.get("peak_dtype", c["dtype"]) != c["dtype"])
+
+
 def _allocator(info: dict | None) -> str:
     if not info:
         return "not recorded"
@@ -154,6 +160,8 @@ def environment_lines(result: dict) -> list[str]:
         "- bfloat16/float16 on CPU: every layer runs in float32 under `torch.autocast` of that dtype (nn.LSTM's "
         f"mixed precision; nn.LSTM under the same autocast is the baseline); `{CPP_FLOAT32}` is the float32 cpp layer "
         "timed beside it, its % peak against the float32 peak",
+        *[f"- {dt} on {dev}: no GEMM instructions for it on this CPU, so ecgkern's GEMMs run in float32 (widened, "
+          "rounded once) and the rows' % peak is against the float32 peak" for dev, dt in _widened(result)],
         "- GFLOP/s counts GEMM FLOPs only (input projection, recurrence and, for fwd+bwd, the weight-gradient "
         "and dh GEMMs); % peak is against the best square `torch.mm` measured in the same run:"
         + "".join(f" {k}: {_fmt(v.get('gflops_best'), '.1f')} GFLOP/s (n={v.get('size')}, best of "
@@ -247,6 +255,12 @@ def train_table(train: list[dict]) -> list[str]:
     return rows
 
 
+def _peak_dtype(cases: list[dict], dtype: str) -> str:
+    """The dtype whose matmul peak the rows of these cases are against (see ``gemm_dtype``)."""
+    return next((b["peak_dtype"] for c in cases for n, b in c["backends"].items() if n != CPP_FLOAT32 and "peak_dtype" in b),
+                dtype)
+
+
 def markdown(result: dict, full: bool = True) -> str:
     """The whole report; with ``full=False`` only the environment, headline and training tables."""
     from .cases import ECG
@@ -256,13 +270,14 @@ def markdown(result: dict, full: bool = True) -> str:
         ecg = next((c["shape"] for c in result["cases"] if c["shape"] == ECG.as_dict()), result["cases"][0]["shape"])
         note = " (the ECG5000 model's shape)" if ecg == ECG.as_dict() else ""
         out += [f"## Headline: {Shape.from_dict(ecg).label}{note}", "", f"Machine: {machine_tag(result, 'cpu')}; "
-                "% peak is against the matmul peak of the row's own dtype.", ""] + headline_table(result, ecg) + [""]
+                "% peak is against the matmul peak of the dtype the row's GEMMs run in.", ""] + headline_table(result, ecg) + [""]
     for (dev, dt, mode), cases in (_groups(result["cases"]) if full else {}).items():
-        title = f"{dev} {dt}, {MODE_TITLES[mode]} ({machine_tag(result, dev, dt)})"
+        title = f"{dev} {dt}, {MODE_TITLES[mode]} ({machine_tag(result, dev, _peak_dtype(cases, dt))})"
         out += [f"## Speedup vs nn.LSTM: {title}", ""] + speedup_matrix(cases, "vs_nn_lstm") + [""]
         out += [f"## Speedup vs reference: {title}", ""] + speedup_matrix(cases, "vs_reference") + [""]
     for (dev, dt, mode), cases in (_groups(result["cases"]) if full else {}).items():
-        out += [f"## All figures: {dev} {dt}, {MODE_TITLES[mode]} ({machine_tag(result, dev, dt)})", ""] + detail_table(cases) + [""]
+        tag = machine_tag(result, dev, _peak_dtype(cases, dt))
+        out += [f"## All figures: {dev} {dt}, {MODE_TITLES[mode]} ({tag})", ""] + detail_table(cases) + [""]
     if result.get("train"):
         out += ["## End-to-end training (ECG5000)", ""] + train_table(result["train"]) + [""]
     return "\n".join(out)
