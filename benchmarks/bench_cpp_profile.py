@@ -3,6 +3,7 @@
     python benchmarks/bench_cpp_profile.py            # all cases
     python benchmarks/bench_cpp_profile.py --profile  # plus a per-phase profile of the cpp op
     python benchmarks/bench_cpp_profile.py --cpu-time # 1 thread, CPU time (for a busy machine)
+    python benchmarks/bench_cpp_profile.py --amp      # cpp under bf16 autocast vs cpp float32 (and nn.LSTM)
 
 Interleaved A/B: every round runs each implementation once (rotating the order), the
 figure is the median over rounds; torch's default thread count. Not a pytest-benchmark file:
@@ -109,6 +110,28 @@ def case(T, B, I, H, rounds, with_reference=True):
           f"cpp {peaks['cpp'] / 2**20:.1f} MiB ({peaks['cpp'] / peaks['nn.LSTM']:.2f}x)", flush=True)
 
 
+def case_amp(T, B, I, H, rounds):
+    """cpp under bf16 autocast against the same cpp layer in float32, and nn.LSTM under the same
+    autocast; only these three, interleaved (the bench also times the reference in between)."""
+    import contextlib
+
+    models, head = make_models(I, H)
+    x = torch.randn(T, B, I)
+    runs = {"nn.LSTM bf16": (models["nn.LSTM"], True), "cpp bf16": (models["cpp"], True),
+            "cpp float32": (models["cpp"], False)}
+
+    def under(amp, fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+            fn()
+
+    for title, step in (("train ", train_step), ("no_grad", infer)):
+        times = interleaved({k: (lambda m=m, amp=amp, step=step: under(amp, lambda: step(m, head, x)))
+                             for k, (m, amp) in runs.items()}, rounds)
+        print(f"{title} T={T} B={B} I={I} H={H}: " + " ".join(f"{k} {t * 1e3:.2f} ms" for k, t in times.items())
+              + f" | cpp bf16 vs cpp float32 {times['cpp float32'] / times['cpp bf16']:.2f}x"
+              + f" | cpp bf16 vs nn.LSTM bf16 {times['nn.LSTM bf16'] / times['cpp bf16']:.2f}x", flush=True)
+
+
 def profile_op(T, B, H, rounds=20):
     """Where the cpp time goes: the ops alone (no autograd, no projection), and a torch.mm of dW_hh's size for scale."""
     from ecgkern.testing import random_recurrence_inputs
@@ -133,6 +156,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast: cpp bf16 vs cpp float32 vs nn.LSTM bf16")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread, timed by its CPU time: robust when other processes share the cores")
     args = parser.parse_args()
@@ -142,8 +166,15 @@ def main():
         torch.set_num_threads(1)
     assert cpp.unavailable_reason() is None, cpp.unavailable_reason()
     clock = "thread CPU time" if args.cpu_time else "wall clock"
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {clock}, capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, matmul peak {matmul_peak_gflops():.1f} GFLOP/s", flush=True)
+    from ecgkern.bench.env import cpu_isa, cpu_model
+
+    print(f"{cpu_model()} ({cpu_isa()}), torch {torch.__version__}, threads {torch.get_num_threads()}, {clock}, "
+          f"capability {torch.backends.cpu.get_cpu_capability()}, matmul peak {matmul_peak_gflops():.1f} GFLOP/s", flush=True)
+    if args.amp:
+        case_amp(140, 64, 1, 64, args.rounds)
+        if not args.skip_large:
+            case_amp(140, 256, 1, 256, max(3, args.rounds // 3))
+        return
     case(140, 64, 1, 64, args.rounds)
     if args.profile:
         profile_op(140, 64, 64)
