@@ -63,14 +63,15 @@ def cache_dir() -> Path:
     return Path(root).expanduser() / "extensions"
 
 
-def cpu_capability_flags() -> list[str]:
-    """Vector ISA flags for the CPU this process runs on, as torch itself detected it.
+def cpu_capability_flags(capability: str | None = None) -> list[str]:
+    """Vector ISA flags for the CPU this process runs on, as torch itself detected it (or for
+    ``capability``, "AVX512", "AVX2" or "DEFAULT", which this CPU must be able to run).
 
     ATen's ``at::vec`` only vectorises (and calls the Sleef exp/tanh that libtorch exports)
     when ``CPU_CAPABILITY_AVX2``/``AVX512`` is defined together with the matching ``-m`` flags.
     torch honours ``ATEN_CPU_CAPABILITY`` (e.g. ``default``), so that also selects the build.
     """
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = (capability or torch.backends.cpu.get_cpu_capability()).upper()
     if capability == "AVX512":
         flags = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX512"]
         # bfloat16 dot products (vdpbf16ps) for the bf16 recurrent GEMMs, only where this CPU
@@ -205,18 +206,19 @@ def load_extension(
     extra_cuda_cflags=(),
     extra_ldflags=(),
     with_cuda: bool = False,
+    capability: str | None = None,
 ) -> ModuleType | None:
     """Build (once, cached) and load an extension; returns the module, or None for sources
     that only register ``torch.library`` ops (no ``PYBIND11_MODULE``).
 
     C++ flags always include ``-O3`` and the running CPU's vector flags
-    (``cpu_capability_flags``); never ``-ffast-math``. Raises ``ExtensionBuildError``.
+    (``cpu_capability_flags(capability)``); never ``-ffast-math``. Raises ``ExtensionBuildError``.
     """
     sources = [Path(s).resolve() for s in sources]
     for source in sources:
         if not source.is_file():
             raise ExtensionBuildError(f"cannot build the {name!r} extension: source file {source} does not exist")
-    cflags = ["-O3", *cpu_capability_flags(), *extra_cflags]
+    cflags = ["-O3", *cpu_capability_flags(capability), *extra_cflags]
     cuda_cflags = ["-O3", *extra_cuda_cflags]
     ldflags = list(extra_ldflags)
     python_module = _is_python_module(sources)
