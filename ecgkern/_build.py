@@ -91,6 +91,16 @@ def portable_x86_build() -> bool:
     return not cpu_capability_flags() and platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
+def cpu_kernel_summary() -> str:
+    """One line for ``ecgkern info``: the ISA the C++ kernels build for here, how their bf16
+    recurrent GEMMs run, and which 16-bit GEMMs run in float32 (``cpu_gemm_is_fast``)."""
+    isa = {"AVX512": "AVX-512", "AVX2": "AVX2"}.get(torch.backends.cpu.get_cpu_capability(), "no vector ISA (portable)")
+    bf16 = "AVX512-BF16 dot products" if "-mavx512bf16" in cpu_capability_flags() else "float32 tiles on widened values"
+    widened = [name for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)) if not cpu_gemm_is_fast(dtype)]
+    return (f"C++ kernels built for {isa}; bf16 recurrent GEMMs: {bf16}"
+            + (f"; {' and '.join(widened)} GEMMs in float32 (no instructions for them)" if widened else ""))
+
+
 def cpu_has_avx512_bf16() -> bool:
     """Whether this CPU executes AVX512-BF16 (vdpbf16ps), as torch detects it."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)

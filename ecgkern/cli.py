@@ -27,7 +27,11 @@ def cmd_info() -> int:
     import ecgkern
 
     print(f"ecgkern {ecgkern.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
-    print(f"CPU threads: {torch.get_num_threads()} (os.cpu_count()={os.cpu_count()})")
+    from . import _build
+    from .bench.env import cpu_model
+
+    print(f"CPU: {cpu_model()}, threads: {torch.get_num_threads()} (os.cpu_count()={os.cpu_count()})")
+    print(_build.cpu_kernel_summary())
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     print("devices: cpu" + "".join(f", cuda:{i} ({n})" for i, n in enumerate(cuda)))
     print(f"{'backend':<10} {'available':<10} reason / note")

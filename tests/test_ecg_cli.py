@@ -98,6 +98,7 @@ def test_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert torch.__version__ in out and "reference" in out and "threads" in out
+    assert "C++ kernels built for" in out and "bf16 recurrent GEMMs" in out
 
 
 def test_bench_hands_over_its_arguments(monkeypatch):
