@@ -750,7 +750,8 @@ at::Tensor weight_grad_of(const at::Tensor& dxg, const at::Tensor& w_hh, const a
   if (w_hh.scalar_type() == at::kHalf || w_hh.scalar_type() == at::kBFloat16) {
     // ATen's float16 GEMM on CPUs without AVX512-FP16, and its bfloat16 one without AVX-512, are
     // loops 15-50x slower than its float32 GEMM: widen, run the float32 GEMM, round once (what
-    // the 16-bit GEMM computes: float32 accumulation). Same rule as ecgkern._build.cpu_gemm_is_fast.
+    // the 16-bit GEMM computes: float32 accumulation). The rule of ecgkern._build.cpu_gemm_is_fast,
+    // except that float16 widens even with AVX512-FP16 (not measured on such a CPU).
     return weight_grad_of(dxg.to(at::kFloat), w_hh.to(at::kFloat), h0.to(at::kFloat), hs.to(at::kFloat))
         .to(w_hh.scalar_type());
   }

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from . import _build, _onnx
 from ._validation import check_input, check_lengths, check_state, check_weights
 from .backends import get_backend
+from .backends._library import no_grad_can_reach
 
 # (w_ih [4H, I], w_hh [4H, H], b_ih [4H] | None, b_hh [4H] | None), and with projections
 # (nn.LSTM's proj_size = P) a fifth, w_hr [P, H], with w_hh then [4H, P].
@@ -29,7 +30,7 @@ def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih, b_hh) -> torch.T
     flat = x.reshape(T * B, x.shape[2])
     if b_ih is None:
         xg = flat @ w_ih.t()
-    elif x.shape[2] == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and not _may_need_grad(x, w_ih, b_ih, b_hh):
+    elif x.shape[2] == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and no_grad_can_reach((x, w_ih, b_ih, b_hh)):
         # One input feature (ECG5000) without gradients: an outer product, one pass over xg.
         # ATen's float32 GEMM with K = 1 takes ~3x as long at the ECG shape (its bfloat16 one does
         # not); in training addmm stays, as addcmul's backward costs more than that saves.
@@ -37,11 +38,6 @@ def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih, b_hh) -> torch.T
     else:
         xg = torch.addmm(b_ih + b_hh, flat, w_ih.t())
     return xg.view(T, B, w_ih.shape[0])
-
-
-def _may_need_grad(*tensors) -> bool:
-    """Whether autograd may differentiate through these tensors (recorded graphs included)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _time_mask(lengths: torch.Tensor, T: int, device) -> torch.Tensor:

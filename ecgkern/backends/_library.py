@@ -101,6 +101,20 @@ def lstm_recurrence_op(name: str, *, options: Sequence[tuple[str, str]] = (), ke
     )
 
 
+def no_grad_can_reach(tensors) -> bool:
+    """True when no gradient can ever flow through a call on ``tensors`` (None entries allowed).
+
+    Grad mode off is not enough under ``torch.jit.trace`` or ``torch.export``: the graph they
+    record may be trained later, so there a gradient can reach whenever an input (e.g. a
+    parameter) requires grad.
+    """
+    if not any(t is not None and t.requires_grad for t in tensors):
+        return True
+    if torch.is_grad_enabled():
+        return False
+    return not (torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+
 def _functorch_active() -> bool:
     return torch._C._functorch.maybe_current_level() is not None
 
@@ -205,23 +219,9 @@ class RecurrenceOp:
         n_out = len(self.outputs)
         if not torch.compiler.is_compiling() and (_functorch_active() or _forward_ad_active(tensors)):
             return _TransformableRecurrence.apply(self, opts, *tensors)[:n_out]
-        if tensors[0].device.type in self._has_inference and self._no_grad_can_reach(tensors):
+        if tensors[0].device.type in self._has_inference and no_grad_can_reach(tensors):
             return self.inference_op(*tensors, *opts)
         return self.op(*tensors, *opts)[:n_out]
-
-    @staticmethod
-    def _no_grad_can_reach(tensors) -> bool:
-        """True when no gradient can ever flow through this call.
-
-        Grad mode off is not enough under ``torch.jit.trace`` or ``torch.export``: the graph
-        they record may be trained later, so there it takes the differentiable op whenever an
-        input (e.g. the w_hh parameter) requires grad.
-        """
-        if not any(t.requires_grad for t in tensors):
-            return True
-        if torch.is_grad_enabled():
-            return False
-        return not (torch.jit.is_tracing() or torch.compiler.is_exporting())
 
     # -- autograd ------------------------------------------------------------------------------
 

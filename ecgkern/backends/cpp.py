@@ -30,8 +30,9 @@ def supports(device_type: str, dtype: torch.dtype) -> str | None:
     return None
 
 
-# Measured at the ECG shape (B64, T140, H64) on an AVX-512 machine made to build without vector
-# instructions (ATEN_CPU_CAPABILITY=default): no_grad 74 ms vs the reference's 11 ms.
+# Measured at the ECG shape on an AVX-512 machine made to build without vector instructions:
+# 0.15x the reference no_grad, 0.14x training (ATEN_CPU_CAPABILITY=default python
+# benchmarks/bench_cpp_profile.py --skip-large).
 PORTABLE_NOTE = ("this CPU gets the portable build of the C++ kernels (torch detects no AVX2): correct, but "
                  "about 6x slower than the reference, so backend='auto' takes the reference")
 
