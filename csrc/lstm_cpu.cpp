@@ -374,19 +374,31 @@ at::Tensor pack_backward(const S* w, int64_t H) {
   return packed;
 }
 
+// How a GEMM tile's accumulators start: zero, out's values (kAccumulate), or, with a `start`
+// callable other than nullptr, whatever start(acc) puts in them (acc: Vectorized[MR][NV]).
+template <typename T, int MR, int NV, bool kAccumulate, typename Start>
+inline void start_tile(Vectorized<T> (&acc)[MR][NV], const T* out, int64_t ldo, const Start& start) {
+  if constexpr (!std::is_same_v<Start, std::nullptr_t>) {
+    start(acc);
+  } else {
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = kAccumulate ? Vectorized<T>::loadu(out + r * ldo + v * kV<T>) : Vectorized<T>(T(0));
+  }
+}
+
 // out[r*ldo + v*V + l] (+)= sum_k a[r*a_r + k*a_k] * b[k*ldb + v*V + l] for an MR x NV-vector
-// tile, accumulators in registers. Callers that post-process the tile pass a small stack
-// buffer as `out`: with the accumulators themselves live across the epilogue's out-of-line
-// Sleef calls, GCC keeps them in memory inside the k loop (about 3x slower). `a` may be of a
-// storage type (widened per element).
-template <typename T, int MR, int NV, bool kAccumulate = false, typename A>
+// tile, accumulators in registers (started as start_tile says). Callers that post-process the
+// tile pass a small stack buffer as `out`: with the accumulators themselves live across the
+// epilogue's out-of-line Sleef calls, GCC keeps them in memory inside the k loop (about 3x
+// slower). `a` may be of a storage type (widened per element).
+template <typename T, int MR, int NV, bool kAccumulate = false, typename A, typename Start = std::nullptr_t>
 inline void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K, T* out,
-                      int64_t ldo) {
+                      int64_t ldo, const Start& start = nullptr) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = kV<T>;
   Vec acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = kAccumulate ? Vec::loadu(out + r * ldo + v * V) : Vec(T(0));
+  start_tile<T, MR, NV, kAccumulate>(acc, out, ldo, start);
   for (int64_t k = 0; k < K; ++k) {
     Vec w[NV];
     for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(b + k * ldb + v * V);
@@ -403,12 +415,11 @@ inline void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const T* b, int64_t 
 // gemm_tile for bf16 rows of `a` (unit stride in k) against k-pair-packed bf16 `b` (packed row
 // m = k-pair m, ldb elements apart): vdpbf16ps adds a[2m]*b[2m] + a[2m+1]*b[2m+1] to each
 // float32 lane. An odd K ends with a pair whose second element is zero on both sides.
-template <int MR, int NV, bool kAccumulate = false>
+template <int MR, int NV, bool kAccumulate = false, typename Start = std::nullptr_t>
 inline void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloat16* b, int64_t ldb, int64_t K,
-                           float* out, int64_t ldo) {
-  __m512 acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = kAccumulate ? _mm512_loadu_ps(out + r * ldo + v * 16) : _mm512_setzero_ps();
+                           float* out, int64_t ldo, const Start& start = nullptr) {
+  Vectorized<float> acc[MR][NV];
+  start_tile<float, MR, NV, kAccumulate>(acc, out, ldo, start);
   const auto step = [&](int64_t m, auto pair_of_row) {
     __m512bh w[NV];
     for (int v = 0; v < NV; ++v) w[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + m * ldb + v * 32));
@@ -427,29 +438,29 @@ inline void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloa
   if (K % 2)
     step(pairs, [K](const c10::BFloat16* row) { return static_cast<int32_t>(row[K - 1].x); });
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + v * 16, acc[r][v]);
+    for (int v = 0; v < NV; ++v) acc[r][v].store(out + r * ldo + v * 16);
 }
 #endif
 
 // The recurrent GEMM tile of storage type S: out (compute type) (+)= a [MR rows a_r apart,
 // unit stride in k] times packed w_hh rows k in [0, K) (ldb elements per packed row).
-template <typename S, int MR, int NV, bool kAccumulate = false>
+template <typename S, int MR, int NV, bool kAccumulate = false, typename Start = std::nullptr_t>
 inline void recurrent_tile(const S* a, int64_t a_r, const packed_t<S>* b, int64_t ldb, int64_t K, acc_t<S>* out,
-                           int64_t ldo) {
+                           int64_t ldo, const Start& start = nullptr) {
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
   if constexpr (kBf16Dot<S>) {
-    gemm_tile_bf16<MR, NV, kAccumulate>(a, a_r, b, ldb, K, out, ldo);
+    gemm_tile_bf16<MR, NV, kAccumulate>(a, a_r, b, ldb, K, out, ldo, start);
     return;
   }
 #endif
-  if constexpr (!kBf16Dot<S>) gemm_tile<acc_t<S>, MR, NV, kAccumulate>(a, a_r, 1, b, ldb, K, out, ldo);
+  if constexpr (!kBf16Dot<S>) gemm_tile<acc_t<S>, MR, NV, kAccumulate>(a, a_r, 1, b, ldb, K, out, ldo, start);
 }
 
 // The cell update of MR rows x one chunk of V hidden units from the chunk's pre-activations
-// (h_prev @ w_hh^T, row r's four gates at pre + r*4V). Row r of c_prev/c_next/c_store/h is at
-// r*H, of xg/gates at r*4H; j is the chunk's first unit, n its width (<= V). The cell state
-// is read from c_prev and written to c_next in the compute type; c_store (reduced storage
-// only) receives it rounded.
+// (h_prev @ w_hh^T, row r's four gates at pre + r*4V), plus xg unless xg is null (the input
+// projection is already in pre). Row r of c_prev/c_next/c_store/h is at r*H, of xg/gates at
+// r*4H; j is the chunk's first unit, n its width (<= V). The cell state is read from c_prev
+// and written to c_next in the compute type; c_store (reduced storage only) receives it rounded.
 template <typename S, int MR, bool kGates, typename C = acc_t<S>>
 inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* c_store, S* gates, S* h, int64_t H,
                       int64_t j, int64_t n) {
@@ -457,17 +468,18 @@ inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* 
   constexpr int64_t V = kV<C>;
   const int64_t G = 4 * H;
   for (int r = 0; r < MR; ++r) {
-    const S* x = xg + r * G + j;
+    const S* x = xg ? xg + r * G + j : nullptr;
     const C* p = pre + r * 4 * V;
     S* g = kGates ? gates + r * G + j : nullptr;
     const auto act = [](const Vec& v, bool is_tanh) {
       if constexpr (kReduced<S>) return is_tanh ? tanh_reduced(v) : sigmoid_reduced(v);
       else return is_tanh ? tanh(v) : sigmoid(v);
     };
-    const Vec i = act(Vec::loadu(p) + load(x, n), false);
-    const Vec f = act(Vec::loadu(p + V) + load(x + H, n), false);
-    const Vec gg = act(Vec::loadu(p + 2 * V) + load(x + 2 * H, n), true);
-    const Vec o = act(Vec::loadu(p + 3 * V) + load(x + 3 * H, n), false);
+    const auto pre_activation = [&](int q) { return x ? Vec::loadu(p + q * V) + load(x + q * H, n) : Vec::loadu(p + q * V); };
+    const Vec i = act(pre_activation(0), false);
+    const Vec f = act(pre_activation(1), false);
+    const Vec gg = act(pre_activation(2), true);
+    const Vec o = act(pre_activation(3), false);
     const Vec cn = f * load(c_prev + r * H + j, n) + i * gg;
     if constexpr (kGates) {
       store(i, g, n);
@@ -482,12 +494,72 @@ inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* 
 }
 
 // One register tile of the four gates' pre-activations over all of k, then the cell update.
+// The layer's input projection inside the kernels: the accumulators of each register tile of
+// pre-activations start from bias + x_t @ w_ih^T instead of zero, so the [T, B, 4H] xg is
+// never written to memory and read back, and x @ w_ih^T + bias + h @ w_hh^T is one float32
+// accumulation (the separate projection rounds xg to the storage type first).
+template <typename S>
+struct InputProjection {
+  using C = acc_t<S>;
+  const S* x;        // [T, B, I]
+  int64_t I;
+  const C* packed;   // per chunk of V hidden units, 1 + I rows of the four gates' V values:
+                     // the bias, then w_ih^T (see pack_input); zeros past H
+  // A gemm_tile start: acc[r][q] lane l = the projection of gate q, unit chunk * V + l, for x
+  // row r of the MR rows at x_rows (I apart).
+  template <int MR>
+  auto start(const S* x_rows, int64_t chunk) const {
+    return [this, x_rows, chunk](Vectorized<C> (&acc)[MR][4]) {
+      constexpr int64_t V = kV<C>;
+      const C* w = packed + chunk * (1 + I) * 4 * V;
+      for (int q = 0; q < 4; ++q) {
+        const auto bias = Vectorized<C>::loadu(w + q * V);
+        for (int r = 0; r < MR; ++r) acc[r][q] = bias;
+      }
+      for (int64_t i = 0; i < I; ++i) {
+        Vectorized<C> wi[4];
+        for (int q = 0; q < 4; ++q) wi[q] = Vectorized<C>::loadu(w + ((1 + i) * 4 + q) * V);
+        for (int r = 0; r < MR; ++r) {
+          const Vectorized<C> xv(static_cast<C>(x_rows[r * I + i]));
+          for (int q = 0; q < 4; ++q) acc[r][q] = at::vec::fmadd(xv, wi[q], acc[r][q]);
+        }
+      }
+    };
+  }
+};
+
+// bias [4H] and w_ih [4H, I] in InputProjection's layout, in the compute type.
+template <typename S>
+at::Tensor pack_input(const S* w_ih, const S* bias, int64_t H, int64_t I) {
+  using C = acc_t<S>;
+  constexpr int64_t V = kV<C>;
+  const int64_t chunks = round_up(H, V) / V;
+  at::Tensor packed = at::zeros({chunks * (1 + I) * 4 * V}, c10::CppTypeToScalarType<C>::value);
+  C* p = packed.data_ptr<C>();
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t q = 0; q < 4; ++q)
+      for (int64_t l = 0; l < V && c * V + l < H; ++l) {
+        const int64_t unit = q * H + c * V + l;
+        C* column = p + (c * (1 + I) * 4 + q) * V + l;
+        column[0] = static_cast<C>(bias[unit]);
+        for (int64_t i = 0; i < I; ++i) column[(1 + i) * 4 * V] = static_cast<C>(w_ih[unit * I + i]);
+      }
+  return packed;
+}
+
+// One register tile of the four gates' pre-activations over all of k, then the cell update.
+// With proj, the tile starts from the input projection of x_rows and xg is null.
 template <typename S, int MR, bool kGates, typename C = acc_t<S>>
-inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, const C* c_prev, C* c_next, S* c_store,
-                         S* gates, S* h, int64_t H, int64_t j, int64_t n) {
+inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, const InputProjection<S>* proj,
+                         const S* x_rows, int64_t chunk, const C* c_prev, C* c_next, S* c_store, S* gates, S* h,
+                         int64_t H, int64_t j, int64_t n) {
   constexpr int64_t V = kV<C>;
   alignas(64) C pre[MR * 4 * V];
-  recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V);
+  if (proj) {
+    recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V, proj->template start<MR>(x_rows, chunk));
+  } else {
+    recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V);
+  }
   cell_tile<S, MR, kGates>(pre, xg, c_prev, c_next, c_store, gates, h, H, j, n);
 }
 
@@ -497,10 +569,11 @@ inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, co
 template <typename C>
 constexpr int64_t kBlockK = (32 * 1024) / (4 * kV<C> * static_cast<int64_t>(sizeof(C)));
 
-// kGates false: inference, the activated gates are not stored (gates is null).
+// kGates false: inference, the activated gates are not stored (gates is null). With `proj`,
+// xg is null and each step's xg is computed from the layer input (InputProjection).
 template <typename S, bool kGates>
-void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S* cs, S* gates, int64_t Tn,
-                    int64_t B, int64_t H) {
+void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, const S* h0, const S* c0, S* hs, S* cs,
+                    S* gates, int64_t Tn, int64_t B, int64_t H) {
   using C = acc_t<S>;
   using W = packed_t<S>;
   constexpr int64_t V = kV<C>, KB = kBlockK<C>, P = kPack<S>;
@@ -519,6 +592,9 @@ void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S*
       for (int64_t e = 0; e < (b1 - b0) * H; ++e) c_run[e] = static_cast<C>(c0[b0 * H + e]);
     for (int64_t t = 0; t < Tn; ++t) {
       const S* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
+      // Row r of the step's xg, or null with proj (then row r of x is x_row(r)).
+      const auto xg_row = [&](int64_t r) { return proj ? nullptr : xg + (t * B + r) * G; };
+      const auto x_row = [&](int64_t r) { return proj ? proj->x + (t * B + r) * proj->I : nullptr; };
       // Rows r0.. of the cell state: previous (read), next (written), rounded copy (reduced).
       const auto cell_rows = [&](int64_t r0) -> std::tuple<const C*, C*, S*> {
         if constexpr (kReduced<S>) {
@@ -537,8 +613,9 @@ void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S*
             const int64_t s = t * B + r0;
             const auto [c_prev, c_next, c_store] = cell_rows(r0);
             with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-              forward_tile<S, decltype(mr)::value, kGates>(h_prev + r0 * H, wc, xg + s * G, c_prev, c_next, c_store,
-                                                           kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
+              forward_tile<S, decltype(mr)::value, kGates>(h_prev + r0 * H, wc, xg_row(r0), proj, x_row(r0), j / V,
+                                                           c_prev, c_next, c_store, kGates ? gates + s * G : nullptr,
+                                                           hs + s * H, H, j, n);
             });
           }
           continue;
@@ -551,8 +628,9 @@ void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S*
               const S* a = h_prev + r0 * H + k0;
               const W* bk = wc + k0 * 4 * V;  // k0 is a multiple of P
               const int64_t kn = std::min(KB, H - k0);
-              if (k0 == 0) recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V);
-              else recurrent_tile<S, MR, 4, true>(a, H, bk, 4 * V * P, kn, out, 4 * V);
+              if (k0 > 0) recurrent_tile<S, MR, 4, true>(a, H, bk, 4 * V * P, kn, out, 4 * V);
+              else if (proj) recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V, proj->template start<MR>(x_row(r0), j / V));
+              else recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V);
             });
           }
         }
@@ -560,7 +638,7 @@ void forward_kernel(const S* xg, const S* w, const S* h0, const S* c0, S* hs, S*
           const int64_t s = t * B + r0;
           const auto [c_prev, c_next, c_store] = cell_rows(r0);
           with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-            cell_tile<S, decltype(mr)::value, kGates>(pre + (r0 - b0) * 4 * V, xg + s * G, c_prev, c_next, c_store,
+            cell_tile<S, decltype(mr)::value, kGates>(pre + (r0 - b0) * 4 * V, xg_row(r0), c_prev, c_next, c_store,
                                                       kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
           });
         }
@@ -699,41 +777,78 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
 const char* kFwd = "ecgkern::lstm_recurrence";
 const char* kBwd = "ecgkern::lstm_recurrence_backward";
 const char* kInf = "ecgkern::lstm_recurrence_inference";
+const char* kInputFwd = "ecgkern::lstm_input_recurrence";
+const char* kInputInf = "ecgkern::lstm_input_recurrence_inference";
 
-// Checked, dense inputs and fresh outputs (hs, cs, and gates when with_gates) of a forward.
+// Checked, dense inputs and fresh outputs (hs, cs, and gates when with_gates) of a forward,
+// from xg [T, B, 4H] or, when x is defined, from the layer input x [T, B, I], w_ih [4H, I] and
+// bias [4H] (then xg is undefined).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const char* op, const at::Tensor& xg_in,
-                                                           const at::Tensor& w_hh_in, const at::Tensor& h0_in,
-                                                           const at::Tensor& c0_in, bool with_gates) {
-  auto [H, Tn, B] = check_sizes(op, w_hh_in, "xg", xg_in);
+                                                           const at::Tensor& x_in, const at::Tensor& w_ih_in,
+                                                           const at::Tensor& bias_in, const at::Tensor& w_hh_in,
+                                                           const at::Tensor& h0_in, const at::Tensor& c0_in,
+                                                           bool with_gates) {
+  const bool from_input = x_in.defined();
+  const at::Tensor& seq = from_input ? x_in : xg_in;
+  auto [H, Tn, B] = check_sizes(op, w_hh_in, from_input ? "x" : "xg", seq);
   check_tensor(op, "w_hh", w_hh_in, {4 * H, H}, "[4H, H]", w_hh_in);
-  check_tensor(op, "xg", xg_in, {Tn, B, 4 * H}, "[T, B, 4H]", w_hh_in);
+  if (from_input) {
+    const int64_t I = x_in.size(2);
+    check_tensor(op, "x", x_in, {Tn, B, I}, "[T, B, I]", w_hh_in);
+    check_tensor(op, "w_ih", w_ih_in, {4 * H, I}, "[4H, I]", w_hh_in);
+    check_tensor(op, "bias", bias_in, {4 * H}, "[4H]", w_hh_in);
+  } else {
+    check_tensor(op, "xg", xg_in, {Tn, B, 4 * H}, "[T, B, 4H]", w_hh_in);
+  }
   check_tensor(op, "h0", h0_in, {B, H}, "[B, H]", w_hh_in);
   check_tensor(op, "c0", c0_in, {B, H}, "[B, H]", w_hh_in);
   // Strided inputs (transposed, sliced, expanded) are copied once to dense row-major.
-  const auto xg = xg_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const auto seq_dense = seq.contiguous(), w_hh = w_hh_in.contiguous();
   const auto h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
-  auto hs = empty_output({Tn, B, H}, xg.options());
-  auto cs = empty_output({Tn, B, H}, xg.options());
-  auto gates = with_gates ? empty_output({Tn, B, 4 * H}, xg.options()) : at::Tensor();
+  auto hs = empty_output({Tn, B, H}, w_hh.options());
+  auto cs = empty_output({Tn, B, H}, w_hh.options());
+  auto gates = with_gates ? empty_output({Tn, B, 4 * H}, w_hh.options()) : at::Tensor();
   if (hs.numel() == 0) return {hs, cs, gates};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xg.scalar_type(), "lstm_recurrence_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w_hh.scalar_type(), "lstm_recurrence_cpu", [&] {
     const auto run = with_gates ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
-    run(xg.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
-        hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), with_gates ? gates.data_ptr<scalar_t>() : nullptr,
-        Tn, B, H);
+    at::Tensor packed_input;
+    InputProjection<scalar_t> proj{};
+    if (from_input) {
+      const int64_t I = x_in.size(2);
+      const auto w_ih = w_ih_in.contiguous(), bias = bias_in.contiguous();
+      packed_input = pack_input(w_ih.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), H, I);
+      proj = {seq_dense.data_ptr<scalar_t>(), I, packed_input.data_ptr<acc_t<scalar_t>>()};
+    }
+    run(from_input ? nullptr : seq_dense.data_ptr<scalar_t>(), from_input ? &proj : nullptr,
+        w_hh.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
+        cs.data_ptr<scalar_t>(), with_gates ? gates.data_ptr<scalar_t>() : nullptr, Tn, B, H);
   });
   return {hs, cs, gates};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0) {
-  return run_forward(kFwd, xg, w_hh, h0, c0, /*with_gates=*/true);
+  return run_forward(kFwd, xg, {}, {}, {}, w_hh, h0, c0, /*with_gates=*/true);
 }
 
 // The no-grad forward: no [T, B, 4H] gates written (less memory traffic, fewer page faults).
 std::tuple<at::Tensor, at::Tensor> lstm_recurrence_inference_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0) {
-  auto [hs, cs, gates] = run_forward(kInf, xg, w_hh, h0, c0, /*with_gates=*/false);
+  auto [hs, cs, gates] = run_forward(kInf, xg, {}, {}, {}, w_hh, h0, c0, /*with_gates=*/false);
+  return {hs, cs};
+}
+
+// The same two forwards from the layer input: xg = x @ w_ih^T + bias computed step by step.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_input_recurrence_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias, const at::Tensor& w_hh,
+    const at::Tensor& h0, const at::Tensor& c0) {
+  return run_forward(kInputFwd, {}, x, w_ih, bias, w_hh, h0, c0, /*with_gates=*/true);
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_input_recurrence_inference_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias, const at::Tensor& w_hh,
+    const at::Tensor& h0, const at::Tensor& c0) {
+  auto [hs, cs, gates] = run_forward(kInputInf, {}, x, w_ih, bias, w_hh, h0, c0, /*with_gates=*/false);
   return {hs, cs};
 }
 
@@ -812,4 +927,10 @@ TORCH_LIBRARY(ecgkern_cpu, m) {
         &lstm_recurrence_backward_cpu);
   m.def("lstm_recurrence_inference(Tensor xg, Tensor w_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor)",
         &lstm_recurrence_inference_cpu);
+  m.def("lstm_input_recurrence(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0) "
+        "-> (Tensor, Tensor, Tensor)",
+        &lstm_input_recurrence_cpu);
+  m.def("lstm_input_recurrence_inference(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0) "
+        "-> (Tensor, Tensor)",
+        &lstm_input_recurrence_inference_cpu);
 }

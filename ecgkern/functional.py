@@ -61,8 +61,9 @@ def reverse_sequences(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Te
     return x.gather(0, index.unsqueeze(2).expand_as(x))
 
 
-def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, reverse=False):
-    """One direction of one layer over time-major ``x`` [T, B, I], with a backend's ``recurrence``.
+def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, reverse=False, input_recurrence=None):
+    """One direction of one layer over time-major ``x`` [T, B, I], with a backend's ``recurrence``
+    (or, when given, its ``input_recurrence``, which does the input projection itself).
 
     Returns ``(out [T, B, H], h_n [B, H], c_n [B, H])``. With ``lengths``, positions past a
     sequence's end are zero in ``out`` and ``h_n``/``c_n`` are the states at its last valid step.
@@ -78,8 +79,11 @@ def lstm_layer(x, h0, c0, weights: LayerWeights, recurrence, *, lengths=None, re
         x = torch.where(mask, x, x.new_zeros(()))
     if reverse:
         x = reverse_sequences(x, lengths)
-    xg = input_projection(x, w_ih, b_ih, b_hh)
-    hs, cs = recurrence(xg, *recurrent_weights, h0, c0)
+    if input_recurrence is not None:
+        bias = w_ih.new_zeros(w_ih.shape[0]) if b_ih is None else b_ih + b_hh
+        hs, cs = input_recurrence(x, w_ih, bias, w_hh, h0, c0)
+    else:
+        hs, cs = recurrence(input_projection(x, w_ih, b_ih, b_hh), *recurrent_weights, h0, c0)
     if lengths is None:
         h_n, c_n = hs[-1], cs[-1]
     else:
@@ -206,15 +210,17 @@ def lstm(
     # Resolved once per call, not per layer: availability checks may touch the file system.
     impl = get_backend(backend, input.device, input.dtype, projections=projected)
     recurrence = impl.projected_recurrence if projected else impl.recurrence
+    fuses = getattr(impl, "fuses_input_projection", None)
     layer_input = input
     h_n, c_n = [], []
     for layer in range(num_layers):
+        fused = not projected and fuses is not None and fuses(layer_input.shape[2], input.dtype)
         outs = []
         for direction in range(num_directions):
             k = layer * num_directions + direction
             out, h, c = lstm_layer(
                 layer_input, h0[k], c0[k], weights[k], recurrence,
-                lengths=lengths, reverse=direction == 1,
+                lengths=lengths, reverse=direction == 1, input_recurrence=impl.input_recurrence if fused else None,
             )
             outs.append(out)
             h_n.append(h)

@@ -215,6 +215,161 @@ def test_zero_length_and_empty_batch():
         assert not dw.any() and not dh0.any() and not dc0.any()
 
 
+# The recurrence from the layer input (ecgkern::lstm_input_recurrence: the input projection inside
+# the kernels). With w_ih = identity and a zero bias its x is xg, so the recurrence kit checks it.
+def _identity_input_recurrence(xg, w_hh, h0, c0):
+    eye = torch.eye(xg.shape[2], dtype=xg.dtype)
+    return cpp.input_recurrence(xg, eye, xg.new_zeros(xg.shape[2]), w_hh, h0, c0)
+
+
+def _input_recurrence_args(T, B, I, H, dtype=torch.float64, seed=0):
+    """(x, w_ih, bias, w_hh, h0, c0) of one layer."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    w_ih = (torch.rand(4 * H, I, generator=g, dtype=torch.float64) * 2 - 1) / H ** 0.5
+    bias = torch.randn(4 * H, generator=g, dtype=torch.float64) * 0.2
+    _, w_hh, h0, c0 = random_recurrence_inputs(T, B, H, dtype=torch.float64, seed=seed)
+    return [t.to(dtype) for t in (x, w_ih, bias, w_hh, h0, c0)]
+
+
+@needs_cpp
+def test_input_recurrence_conforms():
+    # H=150: the K-blocked forward; 17 and 70: partial vectors; B=7: partial register tiles.
+    shapes = ((1, 1, 1), (6, 1, 17), (5, 4, 8), (3, 7, 70), (2, 3, 150))
+    check_recurrence(_identity_input_recurrence, shapes=shapes)
+    check_recurrence(_identity_input_recurrence, shapes=shapes, dtypes=[torch.bfloat16, torch.float16])
+    check_recurrence(_identity_input_recurrence, shapes=((7, 3, 9),), scale=12.0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("T, B, I, H", [(5, 3, 1, 7), (4, 7, 3, 20), (3, 2, 17, 150), (2, 1, 300, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_recurrence_is_projection_then_recurrence(T, B, I, H, dtype):
+    x, w_ih, bias, w_hh, h0, c0 = _input_recurrence_args(T, B, I, H, dtype)
+    xg = torch.addmm(bias, x.flatten(0, 1), w_ih.t()).view(T, B, 4 * H)
+    want = ops.lstm_recurrence(xg, w_hh, h0, c0)
+    got = ops.lstm_input_recurrence(x, w_ih, bias, w_hh, h0, c0)
+    inference = ops.lstm_input_recurrence_inference(x, w_ih, bias, w_hh, h0, c0)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+    for g, w in zip(inference, got):  # the inference op is the same kernel without the gates
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_input_recurrence_reduced_precision(dtype):
+    # One float32 sum for x @ w_ih^T + bias + h @ w_hh^T: at least as close to the float64 truth
+    # as the separate projection, whose xg is rounded to the storage type first.
+    from ecgkern.testing import tolerance
+    T, B, I, H = 20, 5, 3, 16
+    args = _input_recurrence_args(T, B, I, H, dtype)
+    x, w_ih, bias, w_hh, h0, c0 = (t.double() for t in args)
+    truth = reference.recurrence(torch.addmm(bias, x.flatten(0, 1), w_ih.t()).view(T, B, 4 * H), w_hh, h0, c0)
+    fused = cpp.input_recurrence(*args)
+    split = cpp.recurrence(torch.addmm(args[2], args[0].flatten(0, 1), args[1].t()).view(T, B, 4 * H), *args[3:])
+    for f, s, t in zip(fused, split, truth):
+        assert f.dtype == dtype
+        torch.testing.assert_close(f.double(), t, rtol=tolerance(dtype, T, t)[0], atol=tolerance(dtype, T, t)[1])
+        assert (f.double() - t).abs().mean() <= (s.double() - t).abs().mean() * 1.05
+
+
+@needs_cpp
+def test_input_recurrence_gradcheck():
+    for k, shape in enumerate(((1, 1, 1, 1), (3, 2, 3, 5), (2, 7, 2, 17))):
+        args = [t.requires_grad_(True) for t in _input_recurrence_args(*shape, seed=k)]
+        assert torch.autograd.gradcheck(cpp.input_recurrence, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+    args = [t.requires_grad_(True) for t in _input_recurrence_args(3, 2, 2, 3)]
+    assert torch.autograd.gradgradcheck(cpp.input_recurrence, args, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_recurrence_opcheck(dtype):
+    args = [t.requires_grad_(True) for t in _input_recurrence_args(4, 3, 2, 5, dtype)]
+    torch.library.opcheck(ops.lstm_input_recurrence.default, args)
+    torch.library.opcheck(ops.lstm_input_recurrence_inference.default, [t.detach() for t in args])
+
+
+@needs_cpp
+@pytest.mark.parametrize("position, bad, message", [
+    (0, torch.zeros(3, 2), r"x must be 3-D"),
+    (1, torch.zeros(16, 4), r"w_ih has shape \[16, 4\], expected \[4H, I\]"),
+    (2, torch.zeros(12), r"bias has shape \[12\], expected \[4H\]"),
+    (2, torch.zeros(16, dtype=torch.float64), r"bias has dtype Double but w_hh has dtype Float"),
+])
+def test_input_recurrence_rejects_bad_inputs(position, bad, message):
+    args = _input_recurrence_args(3, 2, 3, 4, torch.float32)
+    args[position] = bad
+    with pytest.raises(RuntimeError, match=message):
+        ops.lstm_input_recurrence(*args)
+
+
+class _RecurrenceOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records which ecgkern recurrence ops run."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "ecgkern":
+            self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype, fused_sizes, split_sizes", [
+    (torch.float32, (1, 256), (257,)), (torch.bfloat16, (1, 16), (17,)),
+])
+def test_layer_projects_inside_the_kernels_for_few_inputs(dtype, fused_sizes, split_sizes):
+    for I, name in [(I, "lstm_input_recurrence") for I in fused_sizes] + [(I, "lstm_recurrence") for I in split_sizes]:
+        torch.manual_seed(0)
+        ours = ecgkern.LSTM(I, 4, backend="cpp", bias=I != 1)
+        ref = torch.nn.LSTM(I, 4, bias=I != 1)
+        ref.load_state_dict(ours.state_dict())
+        x = torch.randn(5, 3, I)
+        with _RecurrenceOps() as seen, torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out, _ = ours(x)
+            out.float().sum().backward()
+        assert seen.names and set(seen.names) <= {name, f"{name}_backward"}, (I, seen.names)
+        want, _ = ref(x)
+        want.sum().backward()
+        tol = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            assert p.grad.dtype == torch.float32
+            torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_input_projection_gradients_follow_the_16_bit_gemm_rule(monkeypatch, dtype):
+    # The fused op's x / w_ih gradients are GEMMs over dxg: in float32, rounded once, where the
+    # CPU has no instructions for the 16-bit GEMM (as the layer's own projection).
+    from ecgkern.backends import _ops
+    monkeypatch.setattr(_build, "cpu_gemm_is_fast", lambda d: d not in (torch.bfloat16, torch.float16))
+    g = torch.Generator().manual_seed(0)
+    values = {"dxg": torch.randn(4, 3, 8, generator=g).to(dtype), "x": torch.randn(4, 3, 2, generator=g).to(dtype),
+              "w_ih": torch.randn(8, 2, generator=g).to(dtype)}
+    seen = set()
+
+    class GemmDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                seen.add(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    with GemmDtypes():
+        dx = _ops._input_projection_tails["x"](values)
+        dw = _ops._input_projection_tails["w_ih"](values)
+    assert seen == {torch.float32}
+    assert dx.dtype == dw.dtype == dtype and dx.shape == (4, 3, 2) and dw.shape == (8, 2)
+    dxg = values["dxg"].float().flatten(0, 1)
+    torch.testing.assert_close(dx.float(), (dxg @ values["w_ih"].float()).view(4, 3, 2).to(dtype).float())
+    torch.testing.assert_close(dw.float(), (dxg.t() @ values["x"].float().flatten(0, 1)).to(dtype).float())
+
+
 def _good_forward_args():
     return list(random_recurrence_inputs(3, 2, 4))
 

@@ -20,6 +20,10 @@ Every backend module exposes the same small interface:
     projection plus both biases, ``w_hh`` [4H, H], ``h0``/``c0`` [B, H]. Returns the hidden
     and cell state after every step, each [T, B, H]; the final states are ``hs[-1]``,
     ``cs[-1]``. Differentiable with respect to all four inputs.
+``input_recurrence(x, w_ih, bias, w_hh, h0, c0) -> (hs, cs)`` and
+``fuses_input_projection(input_size, dtype) -> bool`` (optional, both or neither)
+    ``recurrence`` with the input projection inside (``bias`` = b_ih + b_hh, [4H]), and for which
+    layers the layer should call it instead of projecting first.
 ``projected_recurrence(xg, w_hh, w_hr, h0, c0) -> (hs, cs)`` and
 ``supports_projections(device_type, dtype) -> str | None`` (optional, both or neither)
     the recurrence with projections (nn.LSTM's ``proj_size``): ``w_hh`` [4H, P], ``w_hr``

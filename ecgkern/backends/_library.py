@@ -62,16 +62,22 @@ def _autocast_kernel(op, device_type: str) -> Callable:
     return kernel
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``; a bfloat16/float16 GEMM the CPU has no instructions for runs in float32 and is
+    rounded once (see ``_build.cpu_gemm_is_fast``), which is what the 16-bit GEMM computes."""
+    if a.device.type == "cpu" and not _build.cpu_gemm_is_fast(a.dtype):
+        return (a.float() @ b.float()).to(a.dtype)
+    return a @ b
+
+
 def dw_hh_tail(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """dW_hh = sum over steps of dgates_t^T h_{t-1}: ONE GEMM over all steps.
 
     Needs ``dxg`` [T, B, 4H] (the pre-activation gate gradients), ``h0`` [B, P], ``hs`` [T, B, P].
     """
     dxg, h0, hs = values["dxg"], values["h0"], values["hs"]
-    if dxg.device.type == "cpu" and not _build.cpu_gemm_is_fast(dxg.dtype):  # in float32, rounded once
-        return dw_hh_tail({"dxg": dxg.float(), "h0": h0.float(), "hs": hs.float()}).to(dxg.dtype)
     h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]))
-    return dxg.reshape(-1, dxg.shape[-1]).t() @ h_prev.reshape(-1, h_prev.shape[-1])
+    return matmul(dxg.reshape(-1, dxg.shape[-1]).t(), h_prev.reshape(-1, h_prev.shape[-1]))
 
 
 def fake_states_and_gates(xg, w_hh, h0, c0, *options):
@@ -154,7 +160,8 @@ class RecurrenceOp:
         reference: (*inputs) -> outputs, differentiable plain torch (the slow-but-correct paths).
         backward_args: names the backward kernel takes: ``d<output>`` for upstream grads, input,
             output and saved names.
-        backward_returns: names of the inputs whose grads the backward kernel returns, in order.
+        backward_returns: names whose grads the backward kernel returns, in order: inputs, or an
+            intermediate that ``tails`` differentiate further (e.g. ``xg`` of a fused projection).
         backward_fake: like the backward kernel, returning empty tensors.
         tails: input name -> fn(values) computing that input's grad after the kernel, only when
             needed; ``values`` maps every name above and ``d<input>`` for returned grads.

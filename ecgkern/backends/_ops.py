@@ -13,13 +13,22 @@ first).
         -> (dxg [T,B,4H], dw_hh [4H,H], dh0 [B,H], dc0 [B,H])
     ecgkern::lstm_recurrence_inference(xg, w_hh, h0, c0) -> (hs [T,B,H], cs [T,B,H])
         the forward without gates, for when no gradient can be needed (cpp only)
+
+and, CPU only, the same recurrence from the layer input, the input projection computed step by
+step inside the kernel (xg is never written to memory; for few input features, see ``cpp``):
+
+    ecgkern::lstm_input_recurrence(x [T,B,I], w_ih [4H,I], bias [4H], w_hh, h0, c0) -> (hs, cs, gates)
+    ecgkern::lstm_input_recurrence_backward: lstm_recurrence_backward's kernel; the gradients of
+        x, w_ih and bias follow from its dxg (``_input_projection_tails``)
+    ecgkern::lstm_input_recurrence_inference(x, w_ih, bias, w_hh, h0, c0) -> (hs, cs)
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _build
-from ._library import lstm_recurrence_op
+from . import reference
+from ._library import RecurrenceOp, lstm_recurrence_op, matmul
 
 
 def _fake_backward(dhs, dcs, w_hh, h0, c0, hs, cs, gates):
@@ -49,3 +58,43 @@ LSTM_RECURRENCE.register_kernels("cpu", forward=_cpu("lstm_recurrence"), backwar
 LSTM_RECURRENCE.register_kernels("cuda", forward=_cuda("lstm_recurrence"), backward=_cuda("lstm_recurrence_backward"))
 
 recurrence = LSTM_RECURRENCE
+
+
+def _project(x, w_ih, bias):
+    """xg = x @ w_ih^T + bias: [T, B, I] -> [T, B, 4H]."""
+    return torch.addmm(bias, x.flatten(0, 1), w_ih.t()).view(*x.shape[:2], w_ih.shape[0])
+
+
+def _input_reference(x, w_ih, bias, w_hh, h0, c0):
+    return reference.recurrence(_project(x, w_ih, bias), w_hh, h0, c0)
+
+
+def _input_fake(x, w_ih, bias, w_hh, h0, c0):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    return x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
+
+
+# The input projection's gradients from dxg, the kernel's gate gradients.
+_input_projection_tails = {
+    "x": lambda v: matmul(v["dxg"].flatten(0, 1), v["w_ih"]).view(v["x"].shape),
+    "w_ih": lambda v: matmul(v["dxg"].flatten(0, 1).t(), v["x"].flatten(0, 1)),
+    "bias": lambda v: v["dxg"].sum((0, 1)),
+}
+
+LSTM_INPUT_RECURRENCE = RecurrenceOp(
+    "lstm_input_recurrence",
+    inputs=("x", "w_ih", "bias", "w_hh", "h0", "c0"),
+    batch_dims={"x": 1, "h0": 0, "c0": 0},
+    fake=_input_fake,
+    reference=_input_reference,
+    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
+    backward_returns=("xg", "w_hh", "h0", "c0"),
+    backward_fake=_fake_backward,
+    tails=_input_projection_tails,
+)
+LSTM_INPUT_RECURRENCE.register_kernels("cpu", forward=_cpu("lstm_input_recurrence"),
+                                       backward=_cpu("lstm_recurrence_backward"),
+                                       inference=_cpu("lstm_input_recurrence_inference"))
+
+input_recurrence = LSTM_INPUT_RECURRENCE

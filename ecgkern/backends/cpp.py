@@ -52,6 +52,26 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
     return _ops.recurrence(xg, w_hh, h0, c0)
 
 
+# Input sizes up to which the kernels compute the input projection themselves (each register
+# tile of pre-activations starts from x_t @ w_ih^T + bias) instead of the layer's one GEMM into a
+# [T, B, 4H] xg: where that measured faster, op plus projection, at T=140, B=64, H=64 and 256 on
+# Zen 5 (benchmarks/README.md). float32: 1.15x at I=1, 1.3-1.45x at I=64, 1.7x at I=256 (the
+# largest measured); float64 1.1-1.9x over the same range; bfloat16 1.15-1.27x up to I=16,
+# 0.99x at I=32 (the x part is a float32 GEMM, the recurrent one a bf16 dot product).
+# float16 is taken as bfloat16 (both widen x).
+FUSED_INPUT_MAX = {torch.float64: 256, torch.float32: 256, torch.bfloat16: 16, torch.float16: 16}
+
+
+def fuses_input_projection(input_size: int, dtype: torch.dtype) -> bool:
+    """Whether ``input_recurrence`` pays off for a layer with ``input_size`` features."""
+    return input_size <= FUSED_INPUT_MAX.get(dtype, 0)
+
+
+def input_recurrence(x, w_ih, bias, w_hh, h0, c0):
+    """``recurrence(x @ w_ih^T + bias, w_hh, h0, c0)`` without the [T, B, 4H] xg in memory."""
+    return _ops.input_recurrence(x, w_ih, bias, w_hh, h0, c0)
+
+
 def supports_projections(device_type: str, dtype: torch.dtype) -> str | None:
     if dtype not in (torch.float32, torch.float64):
         return f"the cpp backend's LSTM with projections (proj_size > 0) supports float32 and float64, not {dtype}"
