@@ -215,6 +215,23 @@ def test_zero_length_and_empty_batch():
         assert not dw.any() and not dh0.any() and not dc0.any()
 
 
+@needs_cpp
+@pytest.mark.parametrize("zero_h0", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+def test_weight_grad_is_the_sum_over_steps(dtype, zero_h0):
+    # dW_hh = sum_t dxg_t^T h_{t-1}, h_{-1} = h0; a zero h0 (the default state) takes a shortcut.
+    xg, w, h0, c0 = random_recurrence_inputs(6, 5, 16, dtype=dtype)
+    if zero_h0:
+        h0 = torch.zeros_like(h0)
+    hs, cs, gates = ops.lstm_recurrence(xg, w, h0, c0)
+    dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
+    dxg, dw, _, _ = ops.lstm_recurrence_backward(dhs, dcs, w, h0, c0, hs, cs, gates)
+    h_prev = torch.cat((h0.unsqueeze(0), hs[:-1])).double()
+    want = dxg.double().flatten(0, 1).t() @ h_prev.flatten(0, 1)
+    rtol = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}[dtype]
+    torch.testing.assert_close(dw.double(), want, rtol=rtol, atol=rtol * want.abs().max().item())
+
+
 # The recurrence from the layer input (ecgkern::lstm_input_recurrence: the input projection inside
 # the kernels). With w_ih = identity and a zero bias its x is xg, so the recurrence kit checks it.
 def _identity_input_recurrence(xg, w_hh, h0, c0):
