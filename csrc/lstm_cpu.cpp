@@ -418,8 +418,13 @@ inline void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const T* b, int64_t 
 template <int MR, int NV, bool kAccumulate = false, typename Start = std::nullptr_t>
 inline void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloat16* b, int64_t ldb, int64_t K,
                            float* out, int64_t ldo, const Start& start = nullptr) {
-  Vectorized<float> acc[MR][NV];
-  start_tile<float, MR, NV, kAccumulate>(acc, out, ldo, start);
+  __m512 acc[MR][NV];
+  {
+    Vectorized<float> first[MR][NV];
+    start_tile<float, MR, NV, kAccumulate>(first, out, ldo, start);
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = first[r][v];
+  }
   const auto step = [&](int64_t m, auto pair_of_row) {
     __m512bh w[NV];
     for (int v = 0; v < NV; ++v) w[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + m * ldb + v * 32));
@@ -438,7 +443,7 @@ inline void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloa
   if (K % 2)
     step(pairs, [K](const c10::BFloat16* row) { return static_cast<int32_t>(row[K - 1].x); });
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v].store(out + r * ldo + v * 16);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + v * 16, acc[r][v]);
 }
 #endif
 
@@ -457,25 +462,29 @@ inline void recurrent_tile(const S* a, int64_t a_r, const packed_t<S>* b, int64_
 }
 
 // The cell update of MR rows x one chunk of V hidden units from the chunk's pre-activations
-// (h_prev @ w_hh^T, row r's four gates at pre + r*4V), plus xg unless xg is null (the input
-// projection is already in pre). Row r of c_prev/c_next/c_store/h is at r*H, of xg/gates at
-// r*4H; j is the chunk's first unit, n its width (<= V). The cell state is read from c_prev
-// and written to c_next in the compute type; c_store (reduced storage only) receives it rounded.
-template <typename S, int MR, bool kGates, typename C = acc_t<S>>
+// (h_prev @ w_hh^T, row r's four gates at pre + r*4V), plus xg unless kFromInput (the input
+// projection is already in pre; xg is null). Row r of c_prev/c_next/c_store/h is at r*H, of
+// xg/gates at r*4H; j is the chunk's first unit, n its width (<= V). The cell state is read
+// from c_prev and written to c_next in the compute type; c_store (reduced storage only)
+// receives it rounded.
+template <typename S, int MR, bool kGates, bool kFromInput, typename C = acc_t<S>>
 inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* c_store, S* gates, S* h, int64_t H,
                       int64_t j, int64_t n) {
   using Vec = Vectorized<C>;
   constexpr int64_t V = kV<C>;
   const int64_t G = 4 * H;
   for (int r = 0; r < MR; ++r) {
-    const S* x = xg ? xg + r * G + j : nullptr;
+    const S* x = kFromInput ? nullptr : xg + r * G + j;
     const C* p = pre + r * 4 * V;
     S* g = kGates ? gates + r * G + j : nullptr;
     const auto act = [](const Vec& v, bool is_tanh) {
       if constexpr (kReduced<S>) return is_tanh ? tanh_reduced(v) : sigmoid_reduced(v);
       else return is_tanh ? tanh(v) : sigmoid(v);
     };
-    const auto pre_activation = [&](int q) { return x ? Vec::loadu(p + q * V) + load(x + q * H, n) : Vec::loadu(p + q * V); };
+    const auto pre_activation = [&](int q) {
+      if constexpr (kFromInput) return Vec::loadu(p + q * V);
+      else return Vec::loadu(p + q * V) + load(x + q * H, n);
+    };
     const Vec i = act(pre_activation(0), false);
     const Vec f = act(pre_activation(1), false);
     const Vec gg = act(pre_activation(2), true);
@@ -548,19 +557,18 @@ at::Tensor pack_input(const S* w_ih, const S* bias, int64_t H, int64_t I) {
 }
 
 // One register tile of the four gates' pre-activations over all of k, then the cell update.
-// With proj, the tile starts from the input projection of x_rows and xg is null.
-template <typename S, int MR, bool kGates, typename C = acc_t<S>>
+// kFromInput: the tile starts from the input projection of x_rows (proj) and xg is null.
+template <typename S, int MR, bool kGates, bool kFromInput, typename C = acc_t<S>>
 inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, const InputProjection<S>* proj,
                          const S* x_rows, int64_t chunk, const C* c_prev, C* c_next, S* c_store, S* gates, S* h,
                          int64_t H, int64_t j, int64_t n) {
   constexpr int64_t V = kV<C>;
   alignas(64) C pre[MR * 4 * V];
-  if (proj) {
+  if constexpr (kFromInput)
     recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V, proj->template start<MR>(x_rows, chunk));
-  } else {
+  else
     recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V);
-  }
-  cell_tile<S, MR, kGates>(pre, xg, c_prev, c_next, c_store, gates, h, H, j, n);
+  cell_tile<S, MR, kGates, kFromInput>(pre, xg, c_prev, c_next, c_store, gates, h, H, j, n);
 }
 
 // k per block of the recurrent GEMMs: one block of packed weights (k x 4 vectors, 32 KB in
@@ -569,9 +577,9 @@ inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, co
 template <typename C>
 constexpr int64_t kBlockK = (32 * 1024) / (4 * kV<C> * static_cast<int64_t>(sizeof(C)));
 
-// kGates false: inference, the activated gates are not stored (gates is null). With `proj`,
-// xg is null and each step's xg is computed from the layer input (InputProjection).
-template <typename S, bool kGates>
+// kGates false: inference, the activated gates are not stored (gates is null). kFromInput: xg
+// is null and the pre-activations start from the layer input's projection (proj).
+template <typename S, bool kGates, bool kFromInput>
 void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, const S* h0, const S* c0, S* hs, S* cs,
                     S* gates, int64_t Tn, int64_t B, int64_t H) {
   using C = acc_t<S>;
@@ -593,8 +601,8 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
     for (int64_t t = 0; t < Tn; ++t) {
       const S* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
       // Row r of the step's xg, or null with proj (then row r of x is x_row(r)).
-      const auto xg_row = [&](int64_t r) { return proj ? nullptr : xg + (t * B + r) * G; };
-      const auto x_row = [&](int64_t r) { return proj ? proj->x + (t * B + r) * proj->I : nullptr; };
+      const auto xg_row = [&](int64_t r) { return kFromInput ? nullptr : xg + (t * B + r) * G; };
+      const auto x_row = [&](int64_t r) { return kFromInput ? proj->x + (t * B + r) * proj->I : nullptr; };
       // Rows r0.. of the cell state: previous (read), next (written), rounded copy (reduced).
       const auto cell_rows = [&](int64_t r0) -> std::tuple<const C*, C*, S*> {
         if constexpr (kReduced<S>) {
@@ -613,7 +621,7 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
             const int64_t s = t * B + r0;
             const auto [c_prev, c_next, c_store] = cell_rows(r0);
             with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-              forward_tile<S, decltype(mr)::value, kGates>(h_prev + r0 * H, wc, xg_row(r0), proj, x_row(r0), j / V,
+              forward_tile<S, decltype(mr)::value, kGates, kFromInput>(h_prev + r0 * H, wc, xg_row(r0), proj, x_row(r0), j / V,
                                                            c_prev, c_next, c_store, kGates ? gates + s * G : nullptr,
                                                            hs + s * H, H, j, n);
             });
@@ -628,9 +636,12 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
               const S* a = h_prev + r0 * H + k0;
               const W* bk = wc + k0 * 4 * V;  // k0 is a multiple of P
               const int64_t kn = std::min(KB, H - k0);
-              if (k0 > 0) recurrent_tile<S, MR, 4, true>(a, H, bk, 4 * V * P, kn, out, 4 * V);
-              else if (proj) recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V, proj->template start<MR>(x_row(r0), j / V));
-              else recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V);
+              if (k0 > 0)
+                recurrent_tile<S, MR, 4, true>(a, H, bk, 4 * V * P, kn, out, 4 * V);
+              else if constexpr (kFromInput)
+                recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V, proj->template start<MR>(x_row(r0), j / V));
+              else
+                recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V);
             });
           }
         }
@@ -638,7 +649,7 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
           const int64_t s = t * B + r0;
           const auto [c_prev, c_next, c_store] = cell_rows(r0);
           with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-            cell_tile<S, decltype(mr)::value, kGates>(pre + (r0 - b0) * 4 * V, xg_row(r0), c_prev, c_next, c_store,
+            cell_tile<S, decltype(mr)::value, kGates, kFromInput>(pre + (r0 - b0) * 4 * V, xg_row(r0), c_prev, c_next, c_store,
                                                       kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
           });
         }
@@ -810,7 +821,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const char* op, const
   auto gates = with_gates ? empty_output({Tn, B, 4 * H}, w_hh.options()) : at::Tensor();
   if (hs.numel() == 0) return {hs, cs, gates};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w_hh.scalar_type(), "lstm_recurrence_cpu", [&] {
-    const auto run = with_gates ? forward_kernel<scalar_t, true> : forward_kernel<scalar_t, false>;
+    const auto run = from_input ? (with_gates ? forward_kernel<scalar_t, true, true> : forward_kernel<scalar_t, false, true>)
+                                : (with_gates ? forward_kernel<scalar_t, true, false> : forward_kernel<scalar_t, false, false>);
     at::Tensor packed_input;
     InputProjection<scalar_t> proj{};
     if (from_input) {
