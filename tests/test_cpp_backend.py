@@ -338,7 +338,7 @@ class _RecurrenceOps(torch.utils._python_dispatch.TorchDispatchMode):
 
 @needs_cpp
 @pytest.mark.parametrize("dtype, fused_sizes, split_sizes", [
-    (torch.float32, (1, 256), (257,)), (torch.bfloat16, (1, 16), (17,)),
+    (torch.float32, (1, 512), (513,)), (torch.bfloat16, (1, 64), (65,)),
 ])
 def test_layer_projects_inside_the_kernels_for_few_inputs(dtype, fused_sizes, split_sizes):
     for I, name in [(I, "lstm_input_recurrence") for I in fused_sizes] + [(I, "lstm_recurrence") for I in split_sizes]:

@@ -54,12 +54,12 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
 
 # Input sizes up to which the kernels compute the input projection themselves (each register
 # tile of pre-activations starts from x_t @ w_ih^T + bias) instead of the layer's one GEMM into a
-# [T, B, 4H] xg: where that measured faster, op plus projection, at T=140, B=64, H=64 and 256 on
-# Zen 5 (benchmarks/README.md). float32: 1.15x at I=1, 1.3-1.45x at I=64, 1.7x at I=256 (the
-# largest measured); float64 1.1-1.9x over the same range; bfloat16 1.15-1.27x up to I=16,
-# 0.99x at I=32 (the x part is a float32 GEMM, the recurrent one a bf16 dot product).
-# float16 is taken as bfloat16 (both widen x).
-FUSED_INPUT_MAX = {torch.float64: 256, torch.float32: 256, torch.bfloat16: 16, torch.float16: 16}
+# [T, B, 4H] xg: where the whole layer measured faster that way, no_grad and training, at T=140,
+# B=64, H=64 on Zen 5 (python benchmarks/ab_input_projection.py DTYPE SIZES): float32 1.1-1.2x
+# at I=1, 1.2-1.3x at I=64, 1.3-1.9x at I=512 (the largest measured), float64 alike; bf16 and
+# f16 (autocast) 1.2-1.4x up to I=64, and from I=128 on mixed (0.8-1.2x): their x part is a
+# float32 GEMM, the separate projection a 16-bit one.
+FUSED_INPUT_MAX = {torch.float64: 512, torch.float32: 512, torch.bfloat16: 64, torch.float16: 64}
 
 
 def fuses_input_projection(input_size: int, dtype: torch.dtype) -> bool:
