@@ -32,6 +32,9 @@ def cmd_info() -> int:
 
     print(f"CPU: {cpu_model()}, threads: {torch.get_num_threads()} (os.cpu_count()={os.cpu_count()})")
     print(_build.cpu_kernel_summary())
+    from .backends import cpp
+
+    print(cpp.input_projection_summary())
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     print("devices: cpu" + "".join(f", cuda:{i} ({n})" for i, n in enumerate(cuda)))
     print(f"{'backend':<10} {'available':<10} reason / note")

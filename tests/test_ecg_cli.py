@@ -99,6 +99,9 @@ def test_info(capsys):
     out = capsys.readouterr().out
     assert torch.__version__ in out and "reference" in out and "threads" in out
     assert "C++ kernels built for" in out and "bf16 recurrent GEMMs" in out
+    from ecgkern.backends import cpp
+    limit = cpp.FUSED_INPUT_MAX[torch.bfloat16]
+    assert "input projection inside the kernels up to" in out and f"{limit} input features (bfloat16/float16)" in out
 
 
 def test_bench_hands_over_its_arguments(monkeypatch):

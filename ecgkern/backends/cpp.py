@@ -67,6 +67,15 @@ def fuses_input_projection(input_size: int, dtype: torch.dtype) -> bool:
     return input_size <= FUSED_INPUT_MAX.get(dtype, 0)
 
 
+def input_projection_summary() -> str:
+    """One line for ``ecgkern info``: which layers project their input inside the kernels."""
+    groups = {}
+    for dtype, limit in FUSED_INPUT_MAX.items():
+        groups.setdefault(limit, []).append(str(dtype).removeprefix("torch."))
+    return "cpp input projection inside the kernels up to " + ", ".join(
+        f"{limit} input features ({'/'.join(names)})" for limit, names in groups.items())
+
+
 def input_recurrence(x, w_ih, bias, w_hh, h0, c0):
     """``recurrence(x @ w_ih^T + bias, w_hh, h0, c0)`` without the [T, B, 4H] xg in memory."""
     return _ops.input_recurrence(x, w_ih, bias, w_hh, h0, c0)
