@@ -75,10 +75,11 @@ def _input_fake(x, w_ih, bias, w_hh, h0, c0):
     return x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
 
 
-# The input projection's gradients from dxg, the kernel's gate gradients.
+# The input projection's gradients from dxg, the kernel's gate gradients, in the orientations
+# autograd gives addmm: dW_ih as (x^T dxg)^T (dxg^T x took 6.5x as long in float32 at I=3).
 _input_projection_tails = {
     "x": lambda v: matmul(v["dxg"].flatten(0, 1), v["w_ih"]).view(v["x"].shape),
-    "w_ih": lambda v: matmul(v["dxg"].flatten(0, 1).t(), v["x"].flatten(0, 1)),
+    "w_ih": lambda v: matmul(v["x"].flatten(0, 1).t(), v["dxg"].flatten(0, 1)).t(),
     "bias": lambda v: v["dxg"].sum((0, 1)),
 }
 
