@@ -1,9 +1,11 @@
 // CPU kernels for ecgkern::lstm_recurrence, ecgkern::lstm_recurrence_backward and
-// ecgkern::lstm_recurrence_inference (the forward without the gates, for no-grad calls).
+// ecgkern::lstm_recurrence_inference (the forward without the gates, for no-grad calls), and
+// for the same forwards from the layer input, ecgkern::lstm_input_recurrence[_inference].
 //
 // The public ops' schemas, fake kernels and autograd live in ecgkern/backends/_ops.py; this
-// file registers private ecgkern_cpu::* ops that their CPU kernels call. Layout: xg/gates [T,B,4H], hs/cs [T,B,H], w_hh [4H,H],
-// gate order i, f, g, o (torch.nn.LSTM's).
+// file registers private ecgkern_cpu::* ops that their CPU kernels call. Layout: xg/gates
+// [T,B,4H], hs/cs [T,B,H], x [T,B,I], w_hh [4H,H], w_ih [4H,I], gate order i, f, g, o
+// (torch.nn.LSTM's).
 //
 // Speed notes (see the cpp backend's README section):
 // - batch rows are independent for all T steps, so the batch is split across threads ONCE
@@ -14,6 +16,8 @@
 //   the accumulators; for H > 128 both GEMMs are K-blocked so a weight block stays in L1;
 // - at::vec is built with the CPU's capability flags (see ecgkern/_build.py); float32 exp and
 //   tanh are inlined polynomials (Cephes), float64 uses the Sleef functions libtorch exports;
+// - the layer's input projection may run inside the forward (ecgkern::lstm_input_recurrence):
+//   each tile's accumulators start from bias + x_t @ w_ih^T, and xg never exists in memory;
 // - nothing is allocated inside the time loop; dW_hh is one GEMM after the loop;
 // - outputs of 32 MB and more are advised onto transparent huge pages (page faults).
 //
@@ -404,8 +408,8 @@ inline void start_tile(Vectorized<T> (&acc)[MR][NV], const T* out, int64_t ldo, 
 // the copies GCC left out of line there stored every accumulator to the stack in each k step
 // (measured: the float16 forward 2x slower, float32 no_grad 1.2x).
 template <typename T, int MR, int NV, bool kAccumulate = false, typename A, typename Start = std::nullptr_t>
-ECGKERN_ALWAYS_INLINE void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K, T* out,
-                      int64_t ldo, const Start& start = nullptr) {
+ECGKERN_ALWAYS_INLINE void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const T* b, int64_t ldb, int64_t K,
+                                     T* out, int64_t ldo, const Start& start = nullptr) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = kV<T>;
   Vec acc[MR][NV];
@@ -432,8 +436,8 @@ ECGKERN_ALWAYS_INLINE void gemm_tile(const A* a, int64_t a_r, int64_t a_k, const
 // m = k-pair m, ldb elements apart): vdpbf16ps adds a[2m]*b[2m] + a[2m+1]*b[2m+1] to each
 // float32 lane. An odd K ends with a pair whose second element is zero on both sides.
 template <int MR, int NV, bool kAccumulate = false, typename Start = std::nullptr_t>
-ECGKERN_ALWAYS_INLINE void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloat16* b, int64_t ldb, int64_t K,
-                           float* out, int64_t ldo, const Start& start = nullptr) {
+ECGKERN_ALWAYS_INLINE void gemm_tile_bf16(const c10::BFloat16* a, int64_t a_r, const c10::BFloat16* b, int64_t ldb,
+                                          int64_t K, float* out, int64_t ldo, const Start& start = nullptr) {
   __m512 acc[MR][NV];
   {  // see gemm_tile
     Vectorized<float> first[MR][NV];
@@ -533,7 +537,6 @@ inline void cell_tile(const C* pre, const S* xg, const C* c_prev, C* c_next, S* 
   }
 }
 
-// One register tile of the four gates' pre-activations over all of k, then the cell update.
 // The layer's input projection inside the kernels: the accumulators of each register tile of
 // pre-activations start from bias + x_t @ w_ih^T instead of zero, so the [T, B, 4H] xg is
 // never written to memory and read back, and x @ w_ih^T + bias + h @ w_hh^T is one float32
@@ -596,7 +599,8 @@ inline void forward_tile(const S* h_prev, const packed_t<S>* wc, const S* xg, co
   constexpr int64_t V = kV<C>;
   alignas(64) C pre[MR * 4 * V];
   if constexpr (kFromInput)
-    recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V, proj->template start<MR>(x_rows, chunk));
+    recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V,
+                             proj->template start<MR>(x_rows, chunk));
   else
     recurrent_tile<S, MR, 4>(h_prev, H, wc, 4 * V * kPack<S>, H, pre, 4 * V);
   cell_tile<S, MR, kGates, kFromInput>(pre, xg, c_prev, c_next, c_store, gates, h, H, j, n);
@@ -652,9 +656,9 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
             const int64_t s = t * B + r0;
             const auto [c_prev, c_next, c_store] = cell_rows(r0);
             with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-              forward_tile<S, decltype(mr)::value, kGates, kFromInput>(h_prev + r0 * H, wc, xg_row(r0), proj, x_row(r0), j / V,
-                                                           c_prev, c_next, c_store, kGates ? gates + s * G : nullptr,
-                                                           hs + s * H, H, j, n);
+              forward_tile<S, decltype(mr)::value, kGates, kFromInput>(
+                  h_prev + r0 * H, wc, xg_row(r0), proj, x_row(r0), j / V, c_prev, c_next, c_store,
+                  kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
             });
           }
           continue;
@@ -670,7 +674,8 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
               if (k0 > 0)
                 recurrent_tile<S, MR, 4, true>(a, H, bk, 4 * V * P, kn, out, 4 * V);
               else if constexpr (kFromInput)
-                recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V, proj->template start<MR>(x_row(r0), j / V));
+                recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V,
+                                         proj->template start<MR>(x_row(r0), j / V));
               else
                 recurrent_tile<S, MR, 4>(a, H, bk, 4 * V * P, kn, out, 4 * V);
             });
@@ -680,8 +685,9 @@ void forward_kernel(const S* xg, const InputProjection<S>* proj, const S* w, con
           const int64_t s = t * B + r0;
           const auto [c_prev, c_next, c_store] = cell_rows(r0);
           with_tile<kMR>(b1 - r0, [&, c_prev = c_prev, c_next = c_next, c_store = c_store](auto mr) {
-            cell_tile<S, decltype(mr)::value, kGates, kFromInput>(pre + (r0 - b0) * 4 * V, xg_row(r0), c_prev, c_next, c_store,
-                                                      kGates ? gates + s * G : nullptr, hs + s * H, H, j, n);
+            cell_tile<S, decltype(mr)::value, kGates, kFromInput>(pre + (r0 - b0) * 4 * V, xg_row(r0), c_prev, c_next,
+                                                                  c_store, kGates ? gates + s * G : nullptr,
+                                                                  hs + s * H, H, j, n);
           });
         }
       }
@@ -852,8 +858,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const char* op, const
   auto gates = with_gates ? empty_output({Tn, B, 4 * H}, w_hh.options()) : at::Tensor();
   if (hs.numel() == 0) return {hs, cs, gates};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w_hh.scalar_type(), "lstm_recurrence_cpu", [&] {
-    const auto run = from_input ? (with_gates ? forward_kernel<scalar_t, true, true> : forward_kernel<scalar_t, false, true>)
-                                : (with_gates ? forward_kernel<scalar_t, true, false> : forward_kernel<scalar_t, false, false>);
+    using Kernel = decltype(&forward_kernel<scalar_t, true, true>);
+    const Kernel kernels[2][2] = {{forward_kernel<scalar_t, false, false>, forward_kernel<scalar_t, true, false>},
+                                  {forward_kernel<scalar_t, false, true>, forward_kernel<scalar_t, true, true>}};
+    const Kernel run = kernels[from_input][with_gates];  // [from the input?][with gates?]
     at::Tensor packed_input;
     InputProjection<scalar_t> proj{};
     if (from_input) {

@@ -15,7 +15,7 @@ first).
         the forward without gates, for when no gradient can be needed (cpp only)
 
 and, CPU only, the same recurrence from the layer input, the input projection computed step by
-step inside the kernel (xg is never written to memory; for few input features, see ``cpp``):
+step inside the kernel (xg is never written to memory; up to the input sizes of ``cpp.FUSED_INPUT_MAX``):
 
     ecgkern::lstm_input_recurrence(x [T,B,I], w_ih [4H,I], bias [4H], w_hh, h0, c0) -> (hs, cs, gates)
     ecgkern::lstm_input_recurrence_backward: lstm_recurrence_backward's kernel; the gradients of

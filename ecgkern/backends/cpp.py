@@ -55,10 +55,11 @@ def recurrence(xg: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch
 # Input sizes up to which the kernels compute the input projection themselves (each register
 # tile of pre-activations starts from x_t @ w_ih^T + bias) instead of the layer's one GEMM into a
 # [T, B, 4H] xg: where the whole layer measured faster that way, no_grad and training, at T=140,
-# B=64, H=64 on Zen 5 (python benchmarks/ab_input_projection.py DTYPE SIZES): float32 1.1-1.2x
-# at I=1, 1.2-1.3x at I=64, 1.3-1.9x at I=512 (the largest measured), float64 alike; bf16 and
-# f16 (autocast) 1.2-1.4x up to I=64, and from I=128 on mixed (0.8-1.2x): their x part is a
-# float32 GEMM, the separate projection a 16-bit one.
+# B=64, H=64 on Zen 5 (python benchmarks/ab_input_projection.py DTYPE SIZES): float32 1.08-1.21x
+# at I=1, 1.22-1.33x at I=64, 1.32-1.91x at I=512 (the largest measured); float64 1.10-2.15x over
+# the same sizes; bf16 autocast 1.16-1.77x up to I=64 but 0.79-1.15x at I=128, float16 1.02-1.18x
+# up to I=64 and 0.98x at I=128 (their x part is a float32 GEMM, the separate projection a
+# 16-bit one).
 FUSED_INPUT_MAX = {torch.float64: 512, torch.float32: 512, torch.bfloat16: 64, torch.float16: 64}
 
 
