@@ -360,33 +360,6 @@ def test_layer_projects_inside_the_kernels_for_few_inputs(dtype, fused_sizes, sp
             torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol * 10)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-def test_input_projection_gradients_follow_the_16_bit_gemm_rule(monkeypatch, dtype):
-    # The fused op's x / w_ih gradients are GEMMs over dxg: in float32, rounded once, where the
-    # CPU has no instructions for the 16-bit GEMM (as the layer's own projection).
-    from ecgkern.backends import _ops
-    monkeypatch.setattr(_build, "cpu_gemm_is_fast", lambda d: d not in (torch.bfloat16, torch.float16))
-    g = torch.Generator().manual_seed(0)
-    values = {"dxg": torch.randn(4, 3, 8, generator=g).to(dtype), "x": torch.randn(4, 3, 2, generator=g).to(dtype),
-              "w_ih": torch.randn(8, 2, generator=g).to(dtype)}
-    seen = set()
-
-    class GemmDtypes(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
-                seen.add(args[0].dtype)
-            return func(*args, **(kwargs or {}))
-
-    with GemmDtypes():
-        dx = _ops._input_projection_tails["x"](values)
-        dw = _ops._input_projection_tails["w_ih"](values)
-    assert seen == {torch.float32}
-    assert dx.dtype == dw.dtype == dtype and dx.shape == (4, 3, 2) and dw.shape == (8, 2)
-    dxg = values["dxg"].float().flatten(0, 1)
-    torch.testing.assert_close(dx.float(), (dxg @ values["w_ih"].float()).view(4, 3, 2).to(dtype).float())
-    torch.testing.assert_close(dw.float(), (dxg.t() @ values["x"].float().flatten(0, 1)).to(dtype).float())
-
-
 def _good_forward_args():
     return list(random_recurrence_inputs(3, 2, 4))
 
