@@ -7,8 +7,8 @@ For each input size I, the whole ecgkern.LSTM layer (bf16/f16: under torch.autoc
 dtype, as nn.LSTM's mixed precision) is timed no_grad and as a training step (a Linear head on
 the last output, backward), once with ``cpp.FUSED_INPUT_MAX`` forcing the kernels'
 step-by-step projection (``ecgkern::lstm_input_recurrence``) and once forcing one GEMM into xg
-first; all calls interleaved in one process (the order reversed every other round), medians. How the thresholds in
-``ecgkern/backends/cpp.py`` were chosen.
+first; all calls interleaved in one process (the order reversed every other round), medians.
+How the thresholds in ``ecgkern/backends/cpp.py`` were chosen.
 """
 from __future__ import annotations
 
