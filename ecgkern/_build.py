@@ -208,6 +208,13 @@ def _compile(name, sources, folder: Path, cflags, cuda_cflags, ldflags, with_cud
         ) from exc
 
 
+# Where a toolchain links the static libstdc++ into a shared object (seen on the H200 image:
+# its copy's symbols were exported, half of a stream's calls then bound to the process's
+# libstdc++.so and every integer in an error message segfaulted), keep that copy private.
+# A no-op with the usual shared libstdc++; tests/test_cpp_backend.py builds the static case.
+_LINK_FLAGS = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
+
+
 def load_extension(
     name: str,
     sources: list[Path],
@@ -230,7 +237,7 @@ def load_extension(
             raise ExtensionBuildError(f"cannot build the {name!r} extension: source file {source} does not exist")
     cflags = ["-O3", *cpu_capability_flags(capability), *extra_cflags]
     cuda_cflags = ["-O3", *extra_cuda_cflags]
-    ldflags = list(extra_ldflags)
+    ldflags = [*_LINK_FLAGS, *extra_ldflags]
     python_module = _is_python_module(sources)
     key = _build_key(name, sources, [cflags, cuda_cflags, ldflags], with_cuda)
     root = cache_dir()
@@ -277,8 +284,10 @@ def find_nvcc() -> str | None:
 
 
 def arch_flags(arch_list: str) -> list[str]:
-    """nvcc -gencode flags for a TORCH_CUDA_ARCH_LIST-style string such as "8.0;9.0+PTX".
+    """nvcc -gencode flags for a TORCH_CUDA_ARCH_LIST-style string such as "8.0;9.0a+PTX".
 
+    An "a" (architecture-specific, e.g. 9.0a) or "f" (family, e.g. 10.0f) suffix is kept, as
+    torch's own builder keeps it: the GPU image of our H200 runs sets TORCH_CUDA_ARCH_LIST=9.0a.
     Passed explicitly (torch then adds none of its own), so the architecture is part of the
     build cache key.
     """
@@ -288,7 +297,7 @@ def arch_flags(arch_list: str) -> list[str]:
             continue
         ptx = item.endswith("+PTX")
         number = item.removesuffix("+PTX").replace(".", "")
-        if not number.isdigit():
+        if not re.fullmatch(r"\d+[af]?", number):
             raise ValueError(f"cannot read CUDA architecture {item!r} in {arch_list!r}; expected e.g. '8.0;9.0'")
         flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
         if ptx:
@@ -353,7 +362,10 @@ class LazyExtension:
         """Build (cached on disk) and load it now; raises ``ExtensionBuildError``."""
         cuda_flags = [*self.extra_cuda_cflags]
         if self.with_cuda:
-            cuda_flags += arch_flags(arch_list or device_arch_list())
+            try:
+                cuda_flags += arch_flags(arch_list or device_arch_list())
+            except ValueError as exc:  # a bad $TORCH_CUDA_ARCH_LIST: the backend is unavailable, with why
+                raise ExtensionBuildError(f"cannot build the {self.name!r} extension: {exc}") from exc
         load_extension(self.name, [csrc_dir() / s for s in self.sources], extra_cflags=self.extra_cflags,
                        extra_cuda_cflags=cuda_flags, with_cuda=self.with_cuda)
 

@@ -6,6 +6,7 @@ checks specific to the C++ extension.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -483,6 +484,40 @@ def test_capability_flags_follow_torch(monkeypatch):
     # Asked for by name (benchmarks/ab_cpu_kernels.py builds another ISA's kernels side by side).
     assert "-DCPU_CAPABILITY_AVX2" in _build.cpu_capability_flags("avx2")
     assert "-DCPU_CAPABILITY_AVX512" in _build.cpu_capability_flags("AVX512")
+
+
+def _static_libstdcxx() -> str | None:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return None
+    found = subprocess.run([compiler, "-print-file-name=libstdc++.a"], capture_output=True, text=True).stdout.strip()
+    return found if os.path.isabs(found) else None
+
+
+@needs_cpp
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _static_libstdcxx() is None,
+                    reason="needs Linux and a static libstdc++ (libstdc++.a) to link the extension against")
+def test_error_messages_survive_a_static_libstdcxx(tmp_path):
+    # A toolchain that links libstdc++.a into the extension (as the H200 image's did): without
+    # _build._LINK_FLAGS, this message lost its numbers ("h0 has shape [") and on the GPU
+    # machine the same call segfaulted.
+    wrapper = tmp_path / "c++"
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -shared "*) exec {shutil.which(os.environ.get("CXX", "c++"))} '
+                       f'"$@" -static-libstdc++;; esac\nexec {shutil.which(os.environ.get("CXX", "c++"))} "$@"\n')
+    wrapper.chmod(0o755)
+    result = _run("""
+        import torch
+        from ecgkern import testing
+        from ecgkern.backends import cpp
+        xg, w_hh, h0, c0 = testing.random_recurrence_inputs(3, 2, 4)
+        cpp.recurrence(xg, w_hh, h0, c0)
+        try:
+            torch.ops.ecgkern.lstm_recurrence(xg, w_hh, h0[:1].contiguous(), c0)
+        except RuntimeError as exc:
+            print("RAISED", str(exc).splitlines()[0])
+    """, CXX=str(wrapper), ECGKERN_CACHE_DIR=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "h0 has shape [1, 4], expected [B, H] = [2, 4]" in result.stdout, result.stdout
 
 
 # Each machine builds the kernels for its own vector ISA, as torch detects it (AVX-512, AVX2 or

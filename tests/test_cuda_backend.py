@@ -106,8 +106,12 @@ def test_supports():
 def test_arch_flags():
     assert _build.arch_flags("8.0;9.0") == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
     assert _build.arch_flags("9.0+PTX") == ["-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]
-    with pytest.raises(ValueError, match="cannot read CUDA architecture"):
-        _build.arch_flags("hopper")
+    assert _build.arch_flags("9.0a") == ["-gencode=arch=compute_90a,code=sm_90a"]
+    assert _build.arch_flags("10.0f+PTX") == ["-gencode=arch=compute_100f,code=sm_100f",
+                                              "-gencode=arch=compute_100f,code=compute_100f"]
+    for bad in ("hopper", "9.0b", "a9.0"):
+        with pytest.raises(ValueError, match="cannot read CUDA architecture"):
+            _build.arch_flags(bad)
     with pytest.raises(ValueError, match="no CUDA architecture"):
         _build.arch_flags(" ; ")
 

@@ -135,11 +135,11 @@ def build(path: str) -> None:
     reason = cuda.unavailable_reason("cuda")  # builds (or loads from the cache) here
     seconds = time.perf_counter() - start
     _update(path, "build", {"error": reason, "seconds": seconds,
-                            "compiled": cuda.EXTENSION in _build.BUILD_SECONDS})
+                            "compiled": _build.CUDA_EXTENSION.name in _build.BUILD_SECONDS})
     if reason is not None:
         print(f"FAIL: the cuda extension did not build: {reason}")
         sys.exit(1)
-    print(f"cuda extension ready in {seconds:.1f} s ({'built' if cuda.EXTENSION in _build.BUILD_SECONDS else 'cached'})")
+    print(f"cuda extension ready in {seconds:.1f} s ({'built' if _build.CUDA_EXTENSION.name in _build.BUILD_SECONDS else 'cached'})")
     smoke = _smoke(cuda)
     _update(path, "smoke", smoke)
     sys.exit(1 if any(v != "pass" for v in smoke.values()) else 0)
@@ -312,8 +312,12 @@ def _autocast_check(backend: str, dtype) -> None:
                 print(f"  autocast not supported by ecgkern.LSTM({backend!r}), with a clear error: {str(exc).splitlines()[0]}")
                 return
             raise
-    if got.dtype != want.dtype:
-        raise AssertionError(f"under autocast({dtype}) nn.LSTM returns {want.dtype}, ecgkern.LSTM returns {got.dtype}")
+    # torch's cuDNN LSTM casts to float16 under CUDA autocast whatever dtype is asked
+    # (_cudnn_rnn_cast_reflatten); ecgkern computes in the dtype asked for, as on the CPU.
+    if got.dtype != dtype:
+        raise AssertionError(f"under autocast({dtype}) ecgkern.LSTM returns {got.dtype}")
+    if want.dtype != dtype:
+        print(f"  nn.LSTM returns {want.dtype} under autocast({dtype}); ecgkern.LSTM returns {got.dtype}")
     for name, a, b in (("output", got, want), ("h_n", gh, wh), ("c_n", gc, wc)):
         rtol, atol = testing.tolerance(dtype, x.shape[1], b.double())  # both sides carry the rounding: twice the rule
         testing.assert_close(name, a.double(), b.double(), 2 * rtol, 2 * atol, f"autocast {dtype} vs nn.LSTM")
