@@ -394,3 +394,13 @@ def test_autocast_runner_returns_the_autocast_dtype():
         mp.setattr(torch.nn.LSTM, "forward", spy)
         make_runner(TORCH, case, make_inputs(case))()
     assert seen == [(torch.bfloat16, torch.float32)]
+
+
+def test_report_warns_of_the_unflattened_bf16_cudnn_baseline_on_gpu_runs_only():
+    from ecgkern.bench.report import markdown
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    gpu = markdown(load_json(results / "gpu-h200-bench.json"))
+    cpu = markdown(load_json(results / "cpu-zen5-quick-bfloat16.json"))
+    assert "torch never flattens bf16 cuDNN weights" in gpu
+    assert "torch never flattens bf16 cuDNN weights" not in cpu

@@ -113,6 +113,10 @@ def _widened(result: dict) -> list[tuple[str, str]]:
                   for n, b in c["backends"].items() if n != CPP_FLOAT32 and b.get("peak_dtype", c["dtype"]) != c["dtype"])
 
 
+def _device_dtypes(result: dict) -> set[tuple[str, str]]:
+    return {(c["device"], c["dtype"]) for c in result.get("cases", [])}
+
+
 def _allocator(info: dict | None) -> str:
     if not info:
         return "not recorded"
@@ -162,6 +166,9 @@ def environment_lines(result: dict) -> list[str]:
         "timed beside it, its % peak against the float32 peak",
         *[f"- {dt} on {dev}: no GEMM instructions for it on this CPU, so ecgkern's GEMMs run in float32 (widened, "
           "rounded once) and the rows' % peak is against the float32 peak" for dev, dt in _widened(result)],
+        *(["- bfloat16 on CUDA: modules converted to it; torch never flattens bf16 cuDNN weights "
+           "(`flatten_parameters` skips them), so nn.LSTM in bf16 compacts them on every call: compare with the "
+           "float32 rows too"] if ("cuda", "bfloat16") in _device_dtypes(result) else []),
         "- GFLOP/s counts GEMM FLOPs only (input projection, recurrence and, for fwd+bwd, the weight-gradient "
         "and dh GEMMs); % peak is against the best square `torch.mm` measured in the same run:"
         + "".join(f" {k}: {_fmt(v.get('gflops_best'), '.1f')} GFLOP/s (n={v.get('size')}, best of "
