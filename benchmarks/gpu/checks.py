@@ -4,7 +4,8 @@
     python benchmarks/gpu/checks.py build RESULT.json        # ceilings, extension build time, 20 s smoke
     python benchmarks/gpu/checks.py conform cuda|triton      # vs the float64 reference, every dtype
     python benchmarks/gpu/checks.py kernel RESULT.json       # kernel-only time (graph replay), cuDNN TF32 on/off
-    python benchmarks/gpu/checks.py sanitize                 # small fwd+bwd per strategy/dtype, under compute-sanitizer
+    python benchmarks/gpu/checks.py sanitize [STRATEGY:DTYPE] # small fwd+bwd per strategy/dtype, under compute-sanitizer
+    python benchmarks/gpu/checks.py cases                    # the STRATEGY:DTYPE cases of sanitize
     python benchmarks/gpu/checks.py offsets                  # a recurrence whose offsets pass 2^31 elements
     python benchmarks/gpu/checks.py roofline RESULT.json BENCH.json...  # Markdown: cuda/triton vs the ceilings
 
@@ -373,7 +374,54 @@ def kernel(path: str) -> None:
             rows[label] = row
         record[str(dtype).removeprefix("torch.")] = rows
     record["cudnn_tf32"] = _cudnn_tf32()
+    record["layer_breakdown"] = {mode: layer_breakdown("cuda", "cuda", mode) for mode in ("fwd", "fwd+bwd")}
     _update(path, "kernel", record)
+
+
+def layer_breakdown(device: str, backend: str, mode: str, top: int = 12) -> dict:
+    """Where a whole layer call at the ECG shape spends its time, against nn.LSTM's: wall time
+    per call, kernels launched, device busy time, and the host ops with the most self time.
+    The first H200 run found the ecgkern layer at 499 us around a 98 us op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import ecgkern
+    from ecgkern.timing import time_call
+
+    T, B, H = ECG
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(1, H, device=device)
+    ours = ecgkern.LSTM(1, H, backend=backend).to(device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, 1, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    out = {"shape": {"seq": T, "batch": B, "hidden": H, "input": 1}, "mode": mode}
+    for name, model in (("ecgkern " + backend, ours), ("nn.LSTM", ref)):
+        def call(model=model):
+            if mode == "fwd":
+                with torch.no_grad():
+                    model(x)
+            else:
+                model(x)[0].sum().backward()
+        for _ in range(5):
+            call()
+        wall_us = sorted(time_call(call, device) for _ in range(30))[15] * 1e6
+        with profile(activities=activities) as prof:
+            for _ in range(10):
+                call()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        host = sorted((e for e in events if e.key.startswith(("aten::", "ecgkern", "cuda", "autograd"))),
+                      key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        row = {"wall_us": wall_us, "kernels_per_call": len(kernels) / 10,
+               "device_us": sum(e.time_range.elapsed_us() for e in kernels) / 10,
+               "top_host_ops_us_per_call": {e.key: round(e.self_cpu_time_total / 10, 1) for e in host}}
+        print(f"  {name} {mode}: {wall_us:.0f} us per call, {row['kernels_per_call']:.0f} kernels, "
+              f"{row['device_us']:.0f} us device; top host ops (self us per call): "
+              + ", ".join(f"{k} {v}" for k, v in list(row["top_host_ops_us_per_call"].items())[:6]))
+        out[name] = row
+    return out
 
 
 def _device_us(label: str, fn) -> float | str:
@@ -439,14 +487,23 @@ def _cudnn_tf32() -> dict:
 
 # ---- sanitize, offsets -------------------------------------------------------------------------
 
-def sanitize() -> None:
-    """A small forward+backward for every strategy and dtype; compute-sanitizer watches."""
+SANITIZE_CASES = [f"{strategy}:{dtype}" for strategy in ("persistent", "fused")
+                  for dtype in ("float32", "float64", "bfloat16", "float16")]
+
+
+def sanitize(only: str | None = None) -> None:
+    """A small forward+backward for every strategy and dtype (or only STRATEGY:DTYPE, one of
+    SANITIZE_CASES); compute-sanitizer watches."""
+    if only is not None and only not in SANITIZE_CASES:
+        raise SystemExit(f"sanitize: unknown case {only!r}; one of {', '.join(SANITIZE_CASES)}")
     _require_gpu()
     from ecgkern import testing
     from ecgkern.backends import cuda
 
     for strategy, shapes in (("persistent", ((3, 2, 5), (4, 3, 64))), ("fused", ((3, 2, 5), (3, 2, 70)))):
         for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            if only not in (None, f"{strategy}:{str(dtype).removeprefix('torch.')}"):
+                continue
             for T, B, H in shapes:
                 inputs = [t.requires_grad_(True) for t in testing.random_recurrence_inputs(T, B, H, dtype=dtype, device="cuda")]
                 hs, cs = _with_strategy(strategy, lambda: cuda.recurrence(*inputs))
@@ -533,14 +590,14 @@ def _ratio(value) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
-COMMANDS = {"env": (env, 1), "build": (build, 1), "conform": (conform, 1), "kernel": (kernel, 1),
-            "sanitize": (sanitize, 0), "offsets": (offsets, 0)}
+COMMANDS = {"env": (env, {1}), "build": (build, {1}), "conform": (conform, {1}), "kernel": (kernel, {1}),
+            "sanitize": (sanitize, {0, 1}), "offsets": (offsets, {0}), "cases": (lambda: print(*SANITIZE_CASES), {0})}
 
 if __name__ == "__main__":
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "roofline" and len(args) >= 1:
         roofline(*args)
-    elif command in COMMANDS and len(args) == COMMANDS[command][1] and (command != "conform" or args[0] in ("cuda", "triton")):
+    elif command in COMMANDS and len(args) in COMMANDS[command][1] and (command != "conform" or args[0] in ("cuda", "triton")):
         COMMANDS[command][0](*args)
     else:
         raise SystemExit(__doc__)

@@ -20,6 +20,8 @@
 #   sanitize  compute-sanitizer memcheck and racecheck on the ecgkern kernels ("not run" where
 #             the runtime refuses the sanitizer, as gVisor does)
 #   tests     pytest tests/test_cuda_backend.py
+#   suite     every other test of the suite that takes a CUDA device or the cuda backend
+#             (`-k cuda`: the "Works with" paths, bad input, precision, ONNX...), 8 workers
 #   triton    triton conformance (many cold compiles: last), offsets past 2^31 elements
 #
 # Output in $OUT (default benchmarks/results/gpu-<date>), at most 8 files: summary.md (always
@@ -49,8 +51,8 @@ export ECGKERN_SANITIZER="$sanitizer"
 # the bench package itself (same parser, same flags).
 if [[ -f ecgkern/__main__.py ]]; then bench_cmd=(-m ecgkern bench); else bench_cmd=(-m ecgkern.bench); fi
 
-all_stages=(env build conform bench kernel sanitize tests triton)
-declare -A limit=([env]=25 [build]=150 [conform]=60 [bench]=150 [kernel]=40 [sanitize]=70 [tests]=90 [triton]=120)
+all_stages=(env build conform bench kernel sanitize tests suite triton)
+declare -A limit=([env]=25 [build]=150 [conform]=60 [bench]=150 [kernel]=60 [sanitize]=110 [tests]=90 [suite]=150 [triton]=120)
 declare -A status seconds
 stages=("$@")
 [[ ${#stages[@]} == 0 ]] && stages=("${all_stages[@]}")
@@ -59,8 +61,8 @@ for name in "${stages[@]}"; do
 done
 # A fresh machine has no built extension: a rerun of GPU stages builds first, in the build
 # stage's own time limit rather than in theirs.
-if [[ " ${stages[*]} " != *" build "* && " ${stages[*]} " =~ \ (conform|bench|kernel|sanitize|tests)\  ]]; then
-  stages=(build "${stages[@]}")
+if [[ " ${stages[*]} " != *" build "* && " ${stages[*]} " =~ \ (conform|bench|kernel|sanitize|tests|suite)\  ]]; then
+  if [[ "${stages[0]}" == env ]]; then stages=(env build "${stages[@]:1}"); else stages=(build "${stages[@]}"); fi
 fi
 
 summary() {  # always: on a normal end, on an error, and on SIGTERM/SIGINT
@@ -150,11 +152,21 @@ stage_sanitize() {
       if grep -qE "Device not supported|error 999|CUDA_ERROR_UNKNOWN|Unable to attach|not supported on this platform" /tmp/ecgkern-sanitize.log; then
         echo "NOT RUN: compute-sanitizer refused this device/runtime"; exit 3
       fi
-      [[ $rc == 0 ]] || exit $rc
-      echo "$tool: no errors in the ecgkern kernels"
-    done' "$sanitizer" "$python"
+      if [[ $rc == 0 ]]; then echo "$tool: no errors in the ecgkern kernels"; continue; fi
+      failed=1  # one case can stop the sanitizer for all: run each case alone to see which
+      for case in $("$1" benchmarks/gpu/checks.py cases); do
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$0" --tool $tool "${filter[@]}" --error-exitcode 1 \
+          "$1" benchmarks/gpu/checks.py sanitize "$case" >/tmp/ecgkern-sanitize-case.log 2>&1 \
+          && echo "$tool $case: pass" \
+          || echo "$tool $case: FAIL: $(grep -m 1 -E "Error|error|hazard" /tmp/ecgkern-sanitize-case.log)"
+      done
+    done
+    exit ${failed:-0}' "$sanitizer" "$python"
 }
 stage_tests() { run_stage tests "$python" -m pytest tests/test_cuda_backend.py -q -rs -p no:cacheprovider; }
+stage_suite() {
+  run_stage suite "$python" -m pytest tests --ignore=tests/test_cuda_backend.py -k cuda -n 8 -q -rs -p no:cacheprovider
+}
 stage_triton() {
   run_stage triton bash -c '"$0" benchmarks/gpu/checks.py conform triton; a=$?; "$0" benchmarks/gpu/checks.py offsets; b=$?
     (( a == 3 && b == 3 )) && exit 3  # not run here (no GPU)
