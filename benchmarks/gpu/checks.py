@@ -421,6 +421,18 @@ def layer_breakdown(device: str, backend: str, mode: str, top: int = 12) -> dict
               f"{row['device_us']:.0f} us device; top host ops (self us per call): "
               + ", ".join(f"{k} {v}" for k, v in list(row["top_host_ops_us_per_call"].items())[:6]))
         out[name] = row
+    if device == "cuda" and mode == "fwd":
+        # The host time a CUDA graph removes: both layers under torch.compile's CUDA graphs.
+        for name, model in (("ecgkern " + backend, ours), ("nn.LSTM", ref)):
+            try:
+                compiled = torch.compile(model, mode="reduce-overhead")
+                with torch.no_grad():
+                    wall_us = _events_ms(lambda: compiled(x), 30, warmup=5) * 1e3
+                out[f"{name}, compile reduce-overhead"] = {"wall_us": wall_us}
+                print(f"  {name} fwd under torch.compile(mode='reduce-overhead'): {wall_us:.0f} us per call")
+            except Exception as exc:  # noqa: BLE001 - a failed compile is a result, not a crash
+                out[f"{name}, compile reduce-overhead"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                print(f"  {name} under torch.compile(mode='reduce-overhead') failed: {exc}")
     return out
 
 

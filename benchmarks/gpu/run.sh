@@ -23,11 +23,15 @@
 #   suite     every other test of the suite that takes a CUDA device or the cuda backend
 #             (`-k cuda`: the "Works with" paths, bad input, precision, ONNX...), 8 workers
 #   triton    triton conformance (many cold compiles: last), offsets past 2^31 elements
+#   cpu       the GPU machine's own CPU (an Intel Xeon with AVX-512 and AMX on the H200 seen so
+#             far), two cores like the CI machine: cpp and nn.LSTM, float32 and bf16 autocast,
+#             at B64/T140/H64 and B256/T140/H256 (issue #14's Intel figures)
 #
 # Output in $OUT (default benchmarks/results/gpu-<date>), at most 8 files: summary.md (always
 # written, also when the call is cut short), run.log, ceilings.json (env, ceilings, build,
 # smoke and kernel sections; written before the build), bench-gpu.{json,md},
-# bench-cuda-fused.{json,md}. Exit status 1 if a stage failed or ran out of time.
+# bench-cuda-fused.md (its JSON is removed after the summary: 8 files at most come back) and
+# cpu-host.{json,md}. Exit status 1 if a stage failed or ran out of time.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -51,8 +55,8 @@ export ECGKERN_SANITIZER="$sanitizer"
 # the bench package itself (same parser, same flags).
 if [[ -f ecgkern/__main__.py ]]; then bench_cmd=(-m ecgkern bench); else bench_cmd=(-m ecgkern.bench); fi
 
-all_stages=(env build conform bench kernel sanitize tests suite triton)
-declare -A limit=([env]=25 [build]=150 [conform]=60 [bench]=150 [kernel]=60 [sanitize]=110 [tests]=90 [suite]=150 [triton]=120)
+all_stages=(env build conform bench kernel sanitize tests suite triton cpu)
+declare -A limit=([env]=25 [build]=150 [conform]=60 [bench]=150 [kernel]=60 [sanitize]=110 [tests]=90 [suite]=150 [triton]=120 [cpu]=150)
 declare -A status seconds
 stages=("$@")
 [[ ${#stages[@]} == 0 ]] && stages=("${all_stages[@]}")
@@ -87,6 +91,7 @@ summary() {  # always: on a normal end, on an error, and on SIGTERM/SIGINT
     echo "timings: bench-gpu.md (cuda strategy auto: persistent for H <= 64) and bench-cuda-fused.md."
   } >"$out/summary.md" 2>&1
   cat "$out/summary.md"
+  rm -f "$out/bench-cuda-fused.json"  # its table is in bench-cuda-fused.md and summary.md
   local failed=0 name
   for name in "${stages[@]}"; do [[ "${status[$name]:-}" == pass || "${status[$name]:-}" == "not run"* ]] || failed=1; done
   [[ "$have_gpu" == no ]] && failed=1  # nothing that matters ran
@@ -101,7 +106,7 @@ run_stage() {  # run_stage NAME COMMAND...: time-boxed, logged, classified
   local left=$((deadline - SECONDS - reserve)) t0=$SECONDS rc
   local cap=$(( left < ${limit[$name]} ? left : ${limit[$name]} ))
   if (( cap < 10 )); then status[$name]="skipped (deadline)"; echo "=== $name: skipped, deadline" | tee -a "$log"; return; fi
-  if [[ $name != env && $name != build && "$have_gpu" == no ]]; then
+  if [[ $name != env && $name != build && $name != cpu && "$have_gpu" == no ]]; then
     status[$name]="skipped (no CUDA GPU)"; echo "=== $name: skipped, no CUDA GPU" | tee -a "$log"; return
   fi
   echo "=== $name (limit ${cap}s): $*" | tee -a "$log"
@@ -171,6 +176,11 @@ stage_triton() {
   run_stage triton bash -c '"$0" benchmarks/gpu/checks.py conform triton; a=$?; "$0" benchmarks/gpu/checks.py offsets; b=$?
     (( a == 3 && b == 3 )) && exit 3  # not run here (no GPU)
     exit $(( (a != 0 && a != 3) || (b != 0 && b != 3) ))' "$python"
+}
+stage_cpu() {
+  run_stage cpu taskset -c 0,1 "$python" "${bench_cmd[@]}" --device cpu --threads 2 --backends torch,cpp \
+    --dtype float32,bfloat16 --shapes B64,T140,I1,H64 B256,T140,I1,H256 --repeats 10 --budget 0.5 \
+    --no-plots --no-progress --out "$out" --name cpu-host
 }
 
 for name in "${stages[@]}"; do
