@@ -3,7 +3,7 @@
     python benchmarks/gpu/checks.py env RESULT.json          # versions, TF32 flags, runtime (no GPU needed)
     python benchmarks/gpu/checks.py build RESULT.json        # ceilings, extension build time, 20 s smoke
     python benchmarks/gpu/checks.py conform cuda|triton      # vs the float64 reference, every dtype
-    python benchmarks/gpu/checks.py kernel RESULT.json       # kernel-only time (graph replay), cuDNN TF32 on/off
+    python benchmarks/gpu/checks.py kernel RESULT.json       # kernel-only time (graph replay), cuDNN TF32 on/off, layer breakdown
     python benchmarks/gpu/checks.py sanitize [STRATEGY:DTYPE] # small fwd+bwd per strategy/dtype, under compute-sanitizer
     python benchmarks/gpu/checks.py cases                    # the STRATEGY:DTYPE cases of sanitize
     python benchmarks/gpu/checks.py offsets                  # a recurrence whose offsets pass 2^31 elements

@@ -16,9 +16,12 @@
 #             bfloat16; fwd and fwd+bwd; cuda and triton vs cuDNN nn.LSTM and the reference;
 #             then the ECG shape with the cuda fused strategy forced
 #   kernel    ECG shape: GPU busy time and graph replay, cuda vs cuDNN; nn.LSTM float32 with
-#             cuDNN TF32 on and off at the three shapes
+#             cuDNN TF32 on and off at the three shapes; a whole layer call broken down against
+#             nn.LSTM's (kernels, device time, host ops) and both under CUDA graphs
+#             (torch.compile mode="reduce-overhead")
 #   sanitize  compute-sanitizer memcheck and racecheck on the ecgkern kernels ("not run" where
-#             the runtime refuses the sanitizer, as gVisor does)
+#             the runtime refuses the sanitizer, as gVisor does); a failing tool is rerun on
+#             each strategy:dtype case alone
 #   tests     pytest tests/test_cuda_backend.py
 #   suite     every other test of the suite that takes a CUDA device or the cuda backend
 #             (`-k cuda`: the "Works with" paths, bad input, precision, ONNX...), 8 workers
