@@ -374,6 +374,7 @@ def kernel(path: str) -> None:
             rows[label] = row
         record[str(dtype).removeprefix("torch.")] = rows
     record["cudnn_tf32"] = _cudnn_tf32()
+    _update(path, "kernel", record)  # kept if the compiles below run out of time
     record["layer_breakdown"] = {mode: layer_breakdown("cuda", "cuda", mode) for mode in ("fwd", "fwd+bwd")}
     _update(path, "kernel", record)
 
