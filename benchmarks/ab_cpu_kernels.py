@@ -10,8 +10,9 @@ timed interleaved with every other variant's: per round each op runs three times
 fastest call, the figure is the median over rounds. Variants that have the recurrence from the
 layer input (``lstm_input_recurrence``, the input projection inside the kernels) also time it,
 with ``--input-size`` features ("no_grad x", "forward x"); the xg ops exclude the projection.
-The first variant is the baseline of the ratios. How this session's op-level figures in benchmarks/README.md were measured, and the way
-to compare tilings or micro-kernels on a new CPU family.
+The first variant is the baseline of the ratios. How this session's op-level figures in
+benchmarks/README.md were measured, and the way to compare tilings or micro-kernels on a new
+CPU family.
 """
 from __future__ import annotations
 

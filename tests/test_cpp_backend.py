@@ -487,8 +487,8 @@ def test_capability_flags_follow_torch(monkeypatch):
 
 
 def _static_libstdcxx() -> str | None:
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
+    compiler = shutil.which(_build._compiler())
+    if compiler is None:
         return None
     found = subprocess.run([compiler, "-print-file-name=libstdc++.a"], capture_output=True, text=True).stdout.strip()
     return found if os.path.isabs(found) else None
@@ -501,9 +501,9 @@ def test_error_messages_survive_a_static_libstdcxx(tmp_path):
     # A toolchain that links libstdc++.a into the extension (as the H200 image's did): without
     # _build._LINK_FLAGS, this message lost its numbers ("h0 has shape [") and on the GPU
     # machine the same call segfaulted.
-    wrapper = tmp_path / "c++"
-    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -shared "*) exec {shutil.which(os.environ.get("CXX", "c++"))} '
-                       f'"$@" -static-libstdc++;; esac\nexec {shutil.which(os.environ.get("CXX", "c++"))} "$@"\n')
+    compiler, wrapper = shutil.which(_build._compiler()), tmp_path / "c++"
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -shared "*) exec {compiler} "$@" -static-libstdc++;; esac\n'
+                       f'exec {compiler} "$@"\n')
     wrapper.chmod(0o755)
     result = _run("""
         import torch

@@ -48,13 +48,13 @@ def _require_gpu() -> None:
         sys.exit(NOT_RUN)
 
 
-def _events_ms(fn, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of fn() over CUDA events, after warm-up calls."""
+def _events_ms(fn, repeats: int, warmup: int = 2, device: str = "cuda") -> float:
+    """Median milliseconds of fn() over CUDA events (a host clock on the CPU), after warm-up calls."""
     from ecgkern.timing import time_call
 
     for _ in range(warmup):
         fn()
-    times = sorted(time_call(fn, "cuda") * 1e3 for _ in range(repeats))
+    times = sorted(time_call(fn, device) * 1e3 for _ in range(repeats))
     return times[len(times) // 2]
 
 
@@ -386,7 +386,6 @@ def layer_breakdown(device: str, backend: str, mode: str, top: int = 12) -> dict
     from torch.profiler import ProfilerActivity, profile
 
     import ecgkern
-    from ecgkern.timing import time_call
 
     T, B, H = ECG
     torch.manual_seed(0)
@@ -403,9 +402,7 @@ def layer_breakdown(device: str, backend: str, mode: str, top: int = 12) -> dict
                     model(x)
             else:
                 model(x)[0].sum().backward()
-        for _ in range(5):
-            call()
-        wall_us = sorted(time_call(call, device) for _ in range(30))[15] * 1e6
+        wall_us = _events_ms(call, 30, warmup=5, device=device) * 1e3
         with profile(activities=activities) as prof:
             for _ in range(10):
                 call()

@@ -143,17 +143,19 @@ stage_sanitize() {
   if [[ ! -x "$sanitizer" ]]; then status[sanitize]="not run: no compute-sanitizer at $sanitizer"; return; fi
   # Only the ecgkern kernels are checked (torch's own are skipped): much faster.
   run_stage sanitize bash -c '
-    filter=(--kernel-name kns=ecgkern_cuda)
+    sanitizer=$0 python=$1 filter=(--kernel-name kns=ecgkern_cuda)
+    check() {  # check TOOL LOG [CASE]: the sanitize workload under compute-sanitizer TOOL
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$1" "${filter[@]}" --error-exitcode 1 \
+        "$python" benchmarks/gpu/checks.py sanitize ${3:+"$3"} >"$2" 2>&1
+    }
     for tool in memcheck racecheck; do
       echo "--- $tool"
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$0" --tool $tool "${filter[@]}" --error-exitcode 1 \
-        "$1" benchmarks/gpu/checks.py sanitize >/tmp/ecgkern-sanitize.log 2>&1
+      check $tool /tmp/ecgkern-sanitize.log
       rc=$?
       if [[ ${#filter[@]} != 0 ]] && grep -qiE "unrecognized option|unknown option|invalid .*kernel-name" /tmp/ecgkern-sanitize.log; then
         echo "this compute-sanitizer has no --kernel-name filter: checking every kernel"
         filter=()
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$0" --tool $tool --error-exitcode 1 \
-          "$1" benchmarks/gpu/checks.py sanitize >/tmp/ecgkern-sanitize.log 2>&1
+        check $tool /tmp/ecgkern-sanitize.log
         rc=$?
       fi
       cat /tmp/ecgkern-sanitize.log
@@ -162,10 +164,8 @@ stage_sanitize() {
       fi
       if [[ $rc == 0 ]]; then echo "$tool: no errors in the ecgkern kernels"; continue; fi
       failed=1  # one case can stop the sanitizer for all: run each case alone to see which
-      for case in $("$1" benchmarks/gpu/checks.py cases); do
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$0" --tool $tool "${filter[@]}" --error-exitcode 1 \
-          "$1" benchmarks/gpu/checks.py sanitize "$case" >/tmp/ecgkern-sanitize-case.log 2>&1 \
-          && echo "$tool $case: pass" \
+      for case in $("$python" benchmarks/gpu/checks.py cases); do
+        check $tool /tmp/ecgkern-sanitize-case.log "$case" && echo "$tool $case: pass" \
           || echo "$tool $case: FAIL: $(grep -m 1 -E "Error|error|hazard" /tmp/ecgkern-sanitize-case.log)"
       done
     done
