@@ -5,7 +5,7 @@
     python benchmarks/bench_cpp_profile.py --cpu-time # 1 thread, CPU time (for a busy machine)
     python benchmarks/bench_cpp_profile.py --amp      # cpp under bf16 autocast vs cpp float32 (and nn.LSTM)
 
-Interleaved A/B: every round runs each implementation once (rotating the order), the
+Interleaved A/B: every round runs each implementation once (in the bench's carry-over-balanced orders), the
 figure is the median over rounds; torch's default thread count. Not a pytest-benchmark file:
 the suite under benchmarks/ owns the published numbers; this is the backend's own probe.
 """
@@ -19,6 +19,7 @@ import torch
 
 import ecgkern
 from ecgkern.backends import cpp
+from ecgkern.bench.measure import round_order
 
 
 def make_models(I, H, classes=5, dtype=torch.float32):
@@ -54,8 +55,7 @@ def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
     times = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for k in order:
+        for k in round_order(names, r):
             start = CLOCK()
             for _ in range(inner):
                 fns[k]()

@@ -25,8 +25,9 @@
 // formats only (xg, w_hh, hs, cs, gates and the gradients): every activation, the running cell
 // state, the carried gradients and every GEMM accumulation are float32. Where the compiler
 // targets AVX512-BF16 (ecgkern/_build.py adds -mavx512bf16 on CPUs that have it) the bf16
-// recurrent GEMMs are vdpbf16ps dot products on w_hh packed in k-pairs; otherwise (and for
-// float16) the operands are widened to float32 and the float32 tiles run.
+// recurrent GEMMs are vdpbf16ps dot products on w_hh packed in k-pairs, and so is bf16 dW_hh
+// (weight_grad_bf16); otherwise (and for float16) the operands are widened to float32 and the
+// float32 tiles run.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -789,6 +790,105 @@ void weight_grad(const T* dg, const T* hp, T* dw, int64_t J, int64_t H) {
   });
 }
 
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+// The weight gradients of bf16 with vdpbf16ps, in one pass over dg = dxg [J = T*B rows, 4H]:
+// dw_hh [4H, H] = sum_j dg[j]^T hp[j], hp[j] = h0 row j for j < B, else hs row j - B (no
+// [h0, hs[:-1]] copy); with the layer input x [J, I] (else null) also dw_ih [4H, I] = sum_j
+// dg[j]^T x[j] and db [4H] = sum_j dg[j], as if hp had I + 1 more columns, x's and ones. float32
+// accumulation, one rounding at the end, as ATen's bf16 GEMM and sum. Needs H % 32 == 0.
+// vdpbf16ps sums over PAIRS of rows (j, j+1), so each block of rows is first packed
+// pair-interleaved into thread-local buffers with vpunpck{l,h}wd, which interleaves within
+// 128-bit lanes: a packed 32-column chunk holds columns in the order of unpacked_column (undone
+// when the results are written). The tile: 6 packed columns of hp (broadcast pairs) x 64 dg
+// columns (4 vectors), 24 accumulators, over the block.
+inline int64_t unpacked_column(int64_t q) {  // position q in 0..31 of a packed chunk -> column
+  const int64_t m = q % 16;
+  return 8 * (m / 4) + (q >= 16 ? 4 : 0) + m % 4;
+}
+
+// Rows j and j+1 (b may be null: a zero row) of one 32-column chunk, pair-interleaved: 16 pairs
+// to out[0..15], 16 to out[16..31].
+inline void pack_pair_chunk(const c10::BFloat16* a, const c10::BFloat16* b, int32_t* out) {
+  const __m512i x = _mm512_loadu_si512(a), y = b ? _mm512_loadu_si512(b) : _mm512_setzero_si512();
+  _mm512_storeu_si512(out, _mm512_unpacklo_epi16(x, y));
+  _mm512_storeu_si512(out + 16, _mm512_unpackhi_epi16(x, y));
+}
+
+inline int32_t bf16_pair(c10::BFloat16 lo, c10::BFloat16 hi) {
+  return static_cast<int32_t>(static_cast<uint32_t>(lo.x) | (static_cast<uint32_t>(hi.x) << 16));
+}
+
+template <int MR>
+ECGKERN_ALWAYS_INLINE void weight_grad_bf16_tile(const int32_t* hp, int64_t ldh, const int32_t* dg, int64_t pairs,
+                                                 float* acc, bool first) {
+  __m512 a[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) a[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * 64 + v * 16);
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh w[4];
+    for (int v = 0; v < 4; ++v) w[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(dg + p * 64 + v * 16));
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh x = reinterpret_cast<__m512bh>(_mm512_set1_epi32(hp[p * ldh + r]));
+      for (int v = 0; v < 4; ++v) a[r][v] = _mm512_dpbf16_ps(a[r][v], x, w[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(acc + r * 64 + v * 16, a[r][v]);
+}
+
+void weight_grad_bf16(const c10::BFloat16* dg, const c10::BFloat16* h0, const c10::BFloat16* hs,
+                      const c10::BFloat16* x, int64_t I, c10::BFloat16* dw_hh, c10::BFloat16* dw_ih,
+                      c10::BFloat16* db, int64_t J, int64_t B, int64_t H) {
+  constexpr int64_t JB = 64;  // row pairs per block: 16 KB of packed h (H = 64), 16 KB per dg group
+  const int64_t G = 4 * H, groups = G / 64, cols = H + (x ? I + 1 : 0);  // packed columns of hp
+  const int32_t ones = bf16_pair(c10::BFloat16(1.0f), c10::BFloat16(1.0f));
+  const auto h_row = [&](int64_t j) { return j < B ? h0 + j * H : hs + (j - B) * H; };
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    // acc: per group, `cols` packed columns x 64 dg lanes; hpk: [JB][cols]; dgk: per group [JB][64].
+    const at::Tensor buffers = at::empty({(g1 - g0) * cols * 64 + JB * cols + (g1 - g0) * JB * 64}, at::kFloat);
+    float* acc = buffers.data_ptr<float>();
+    int32_t* hpk = reinterpret_cast<int32_t*>(acc + (g1 - g0) * cols * 64);
+    int32_t* dgk = hpk + JB * cols;
+    for (int64_t j0 = 0; j0 < J; j0 += 2 * JB) {
+      const int64_t pairs = std::min(JB, (J - j0 + 1) / 2);
+      for (int64_t p = 0; p < pairs; ++p) {
+        const int64_t j = j0 + 2 * p;
+        const bool has_next = j + 1 < J;  // else the pair's second dg row is zero
+        int32_t* hp = hpk + p * cols;
+        for (int64_t c = 0; c < H; c += 32)
+          pack_pair_chunk(h_row(j) + c, has_next ? h_row(j + 1) + c : nullptr, hp + c);
+        if (x) {
+          for (int64_t i = 0; i < I; ++i)
+            hp[H + i] = bf16_pair(x[j * I + i], has_next ? x[(j + 1) * I + i] : c10::BFloat16(0.0f));
+          hp[H + I] = ones;
+        }
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t c = 0; c < 64; c += 32)
+            pack_pair_chunk(dg + j * G + g * 64 + c, has_next ? dg + (j + 1) * G + g * 64 + c : nullptr,
+                            dgk + ((g - g0) * JB + p) * 64 + c);
+      }
+      for (int64_t g = g0; g < g1; ++g)
+        for (int64_t k0 = 0; k0 < cols; k0 += kMR)
+          with_tile<kMR>(cols - k0, [&](auto mr) {
+            weight_grad_bf16_tile<decltype(mr)::value>(hpk + k0, cols, dgk + (g - g0) * JB * 64, pairs,
+                                                       acc + ((g - g0) * cols + k0) * 64, j0 == 0);
+          });
+    }
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t pos = 0; pos < cols; ++pos) {
+        const float* lanes = acc + ((g - g0) * cols + pos) * 64;
+        for (int64_t q = 0; q < 64; ++q) {
+          const int64_t n = g * 64 + q / 32 * 32 + unpacked_column(q % 32);
+          const auto value = static_cast<c10::BFloat16>(lanes[q]);
+          if (pos < H) dw_hh[n * H + pos / 32 * 32 + unpacked_column(pos % 32)] = value;
+          else if (pos < H + I) dw_ih[n * I + pos - H] = value;
+          else db[n] = value;
+        }
+      }
+  });
+}
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // The ops: checked, dense inputs (csrc/tensor_checks.h), fresh outputs, dtype dispatch.
 
@@ -827,6 +927,7 @@ const char* kBwd = "ecgkern::lstm_recurrence_backward";
 const char* kInf = "ecgkern::lstm_recurrence_inference";
 const char* kInputFwd = "ecgkern::lstm_input_recurrence";
 const char* kInputInf = "ecgkern::lstm_input_recurrence_inference";
+const char* kInputBwd = "ecgkern::lstm_input_recurrence_backward";
 
 // Checked, dense inputs and fresh outputs (hs, cs, and gates when with_gates) of a forward,
 // from xg [T, B, 4H] or, when x is defined, from the layer input x [T, B, I], w_ih [4H, I] and
@@ -903,24 +1004,44 @@ std::tuple<at::Tensor, at::Tensor> lstm_input_recurrence_inference_cpu(
   return {hs, cs};
 }
 
+// ATen's float16 GEMM on CPUs without AVX512-FP16, and its bfloat16 one without AVX-512, are
+// loops 15-50x slower than its float32 GEMM: there the 16-bit weight gradients widen, run in
+// float32 and round once (what the 16-bit GEMM computes: float32 accumulation). The rule of
+// ecgkern._build.cpu_gemm_is_fast, except that float16 widens even with AVX512-FP16 (not
+// measured on such a CPU).
+bool aten_gemm_is_slow(at::ScalarType dtype) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return dtype == at::kHalf;
+#else
+  return dtype == at::kHalf || dtype == at::kBFloat16;
+#endif
+}
+
 // dW_hh = sum_t dgates[t]^T h_{t-1}, one GEMM over all steps.
 at::Tensor weight_grad_of(const at::Tensor& dxg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& hs) {
   const int64_t Tn = dxg.size(0), B = dxg.size(1), H = w_hh.size(1);
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  // Measured against the oneDNN GEMM below (Zen 5, benchmarks/ab_cpu_kernels.py): the bf16
+  // backward op 1.08x faster at the ECG shape and at B=256, H=256.
+  if (w_hh.scalar_type() == at::kBFloat16 && H % 32 == 0) {
+    auto dw = at::empty_like(w_hh);
+    weight_grad_bf16(dxg.data_ptr<c10::BFloat16>(), h0.data_ptr<c10::BFloat16>(), hs.data_ptr<c10::BFloat16>(),
+                     nullptr, 0, dw.data_ptr<c10::BFloat16>(), nullptr, nullptr, Tn * B, B, H);
+    return dw;
+  }
+#endif
 #if defined(CPU_CAPABILITY_AVX512)
   if (w_hh.scalar_type() == at::kBFloat16) {
-    // ATen's bf16 GEMM (oneDNN, float32 accumulation) over [h0, hs[:-1]], rounded once; with a
-    // zero h0 (the default state) step 0 adds nothing and hs[:-1] needs no copy (0.85x the time).
+    // H not a multiple of 32, or no AVX512-BF16: ATen's bf16 GEMM (oneDNN, float32 accumulation)
+    // over [h0, hs[:-1]], rounded once; with a zero h0 (the default state) step 0 adds nothing
+    // and hs[:-1] needs no copy (0.85x the time).
     if (Tn > 1 && !h0.any().item<bool>())
       return at::mm(dxg.narrow(0, 1, Tn - 1).reshape({-1, 4 * H}).t(), hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
     const at::Tensor h_prev = at::cat({h0.unsqueeze(0), hs.narrow(0, 0, Tn - 1)});
     return at::mm(dxg.reshape({-1, 4 * H}).t(), h_prev.reshape({-1, H}));
   }
 #endif
-  if (w_hh.scalar_type() == at::kHalf || w_hh.scalar_type() == at::kBFloat16) {
-    // ATen's float16 GEMM on CPUs without AVX512-FP16, and its bfloat16 one without AVX-512, are
-    // loops 15-50x slower than its float32 GEMM: widen, run the float32 GEMM, round once (what
-    // the 16-bit GEMM computes: float32 accumulation). The rule of ecgkern._build.cpu_gemm_is_fast,
-    // except that float16 widens even with AVX512-FP16 (not measured on such a CPU).
+  if (aten_gemm_is_slow(w_hh.scalar_type())) {
     return weight_grad_of(dxg.to(at::kFloat), w_hh.to(at::kFloat), h0.to(at::kFloat), hs.to(at::kFloat))
         .to(w_hh.scalar_type());
   }
@@ -939,34 +1060,80 @@ at::Tensor weight_grad_of(const at::Tensor& dxg, const at::Tensor& w_hh, const a
   return dw;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backward_cpu(
-    const at::Tensor& dhs_in, const at::Tensor& dcs_in, const at::Tensor& w_hh_in,
-    const at::Tensor& h0_in, const at::Tensor& c0_in, const at::Tensor& hs_in,
-    const at::Tensor& cs_in, const at::Tensor& gates_in) {
-  auto [H, Tn, B] = check_sizes(kBwd, w_hh_in, "gates", gates_in);
-  check_tensor(kBwd, "w_hh", w_hh_in, {4 * H, H}, "[4H, H]", w_hh_in);
-  check_tensor(kBwd, "gates", gates_in, {Tn, B, 4 * H}, "[T, B, 4H]", w_hh_in);
-  check_tensor(kBwd, "dhs", dhs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
-  check_tensor(kBwd, "dcs", dcs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
-  check_tensor(kBwd, "hs", hs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
-  check_tensor(kBwd, "cs", cs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
-  check_tensor(kBwd, "h0", h0_in, {B, H}, "[B, H]", w_hh_in);
-  check_tensor(kBwd, "c0", c0_in, {B, H}, "[B, H]", w_hh_in);
+// Checked, dense inputs of a backward, then the reverse loop: (dxg, dh0, dc0) and the dense
+// w_hh, h0 and hs that the weight gradients need.
+struct BackwardRun {
+  at::Tensor dxg, dh0, dc0, w_hh, h0, hs;
+};
+
+BackwardRun run_backward(const char* op, const at::Tensor& dhs_in, const at::Tensor& dcs_in,
+                         const at::Tensor& w_hh_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+                         const at::Tensor& hs_in, const at::Tensor& cs_in, const at::Tensor& gates_in) {
+  auto [H, Tn, B] = check_sizes(op, w_hh_in, "gates", gates_in);
+  check_tensor(op, "w_hh", w_hh_in, {4 * H, H}, "[4H, H]", w_hh_in);
+  check_tensor(op, "gates", gates_in, {Tn, B, 4 * H}, "[T, B, 4H]", w_hh_in);
+  check_tensor(op, "dhs", dhs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(op, "dcs", dcs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(op, "hs", hs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(op, "cs", cs_in, {Tn, B, H}, "[T, B, H]", w_hh_in);
+  check_tensor(op, "h0", h0_in, {B, H}, "[B, H]", w_hh_in);
+  check_tensor(op, "c0", c0_in, {B, H}, "[B, H]", w_hh_in);
   const auto dhs = dhs_in.contiguous(), dcs = dcs_in.contiguous(), w_hh = w_hh_in.contiguous();
   const auto h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), hs = hs_in.contiguous();
   const auto cs = cs_in.contiguous(), gates = gates_in.contiguous();
-  auto dxg = empty_output({Tn, B, 4 * H}, w_hh.options());
-  auto dh0 = at::zeros({B, H}, w_hh.options());
-  auto dc0 = at::zeros({B, H}, w_hh.options());
-  if (dxg.numel() == 0) return {dxg, at::zeros_like(w_hh), dh0, dc0};
+  BackwardRun run{empty_output({Tn, B, 4 * H}, w_hh.options()), at::zeros({B, H}, w_hh.options()),
+                  at::zeros({B, H}, w_hh.options()), w_hh, h0, hs};
+  if (run.dxg.numel() == 0) return run;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w_hh.scalar_type(), "lstm_recurrence_backward_cpu", [&] {
     backward_kernel<scalar_t>(dhs.data_ptr<scalar_t>(), dcs.data_ptr<scalar_t>(),
                               w_hh.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
                               cs.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-                              dxg.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
-                              dc0.data_ptr<scalar_t>(), Tn, B, H);
+                              run.dxg.data_ptr<scalar_t>(), run.dh0.data_ptr<scalar_t>(),
+                              run.dc0.data_ptr<scalar_t>(), Tn, B, H);
   });
-  return {dxg, weight_grad_of(dxg, w_hh, h0, hs), dh0, dc0};
+  return run;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backward_cpu(
+    const at::Tensor& dhs, const at::Tensor& dcs, const at::Tensor& w_hh, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& gates) {
+  BackwardRun r = run_backward(kBwd, dhs, dcs, w_hh, h0, c0, hs, cs, gates);
+  at::Tensor dw_hh = r.dxg.numel() ? weight_grad_of(r.dxg, r.w_hh, r.h0, r.hs) : at::zeros_like(r.w_hh);
+  return {r.dxg, dw_hh, r.dh0, r.dc0};
+}
+
+// The backward of the recurrence from the layer input x [T, B, I]: also the gradients of w_ih
+// [4H, I] and of the bias [4H] (dx = dxg @ w_ih is left to the caller: only needed when x
+// requires grad). bf16 with AVX512-BF16 and H % 32 == 0 gets all three weight gradients from one
+// pass over dxg (weight_grad_bf16); elsewhere dw_ih = (x^T dxg)^T, as autograd orients addmm's
+// (dxg^T x took 6.5x as long in float32 at I=3), in float32 for the 16-bit types ATen's GEMM
+// loops over (see weight_grad_of), and db = the sum of dxg.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_input_recurrence_backward_cpu(
+    const at::Tensor& dhs, const at::Tensor& dcs, const at::Tensor& x_in, const at::Tensor& w_hh,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& hs, const at::Tensor& cs,
+    const at::Tensor& gates) {
+  const auto [H, Tn, B] = check_sizes(kInputBwd, w_hh, "gates", gates);
+  const int64_t I = x_in.dim() == 3 ? x_in.size(2) : 0;
+  check_tensor(kInputBwd, "x", x_in, {Tn, B, I}, "[T, B, I]", w_hh);
+  BackwardRun r = run_backward(kInputBwd, dhs, dcs, w_hh, h0, c0, hs, cs, gates);
+  const auto x = x_in.contiguous();
+  if (r.dxg.numel() == 0)
+    return {r.dxg, at::zeros({4 * H, I}, w_hh.options()), at::zeros({4 * H}, w_hh.options()), at::zeros_like(w_hh),
+            r.dh0, r.dc0};
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  if (w_hh.scalar_type() == at::kBFloat16 && H % 32 == 0) {
+    auto dw_ih = at::empty({4 * H, I}, w_hh.options()), db = at::empty({4 * H}, w_hh.options());
+    auto dw_hh = at::empty_like(r.w_hh);
+    weight_grad_bf16(r.dxg.data_ptr<c10::BFloat16>(), r.h0.data_ptr<c10::BFloat16>(), r.hs.data_ptr<c10::BFloat16>(),
+                     x.data_ptr<c10::BFloat16>(), I, dw_hh.data_ptr<c10::BFloat16>(),
+                     dw_ih.data_ptr<c10::BFloat16>(), db.data_ptr<c10::BFloat16>(), Tn * B, B, H);
+    return {r.dxg, dw_ih, db, dw_hh, r.dh0, r.dc0};
+  }
+#endif
+  const at::Tensor dg = r.dxg.reshape({-1, 4 * H}), xt = x.reshape({-1, I}).t();
+  const bool widen = aten_gemm_is_slow(w_hh.scalar_type());
+  at::Tensor dw_ih = widen ? at::mm(xt.to(at::kFloat), dg.to(at::kFloat)).to(w_hh.scalar_type()) : at::mm(xt, dg);
+  return {r.dxg, dw_ih.t().contiguous(), dg.sum(0), weight_grad_of(r.dxg, r.w_hh, r.h0, r.hs), r.dh0, r.dc0};
 }
 
 }  // namespace
@@ -987,4 +1154,7 @@ TORCH_LIBRARY(ecgkern_cpu, m) {
   m.def("lstm_input_recurrence_inference(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0) "
         "-> (Tensor, Tensor)",
         &lstm_input_recurrence_inference_cpu);
+  m.def("lstm_input_recurrence_backward(Tensor dhs, Tensor dcs, Tensor x, Tensor w_hh, Tensor h0, Tensor c0, "
+        "Tensor hs, Tensor cs, Tensor gates) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        &lstm_input_recurrence_backward_cpu);
 }

@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from ecgkern.bench import cli, main, measure
 from ecgkern.bench.allocator import apply as apply_malloc
 from ecgkern.bench.cases import ECG, Case, Shape, build_cases, gemm_flops, parse_dtype, parse_shape, preset_shapes
-from ecgkern.bench.measure import Outcome, measure_case
+from ecgkern.bench.measure import Outcome, measure_case, round_order
 from ecgkern.bench.report import SCHEMA, compare, compare_text, load_json
 from ecgkern.bench.runners import TORCH, TRITON_CPU_NOTE, make_inputs, make_runner, parse_backends, skip_reason
 
@@ -135,9 +136,30 @@ def test_measure_interleaves_and_respects_repeats_and_budget():
     timed = calls[6:]  # after each runner's first and warm-up call
     rounds = [timed[i:i + 3] for i in range(0, 12, 3)]
     assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # one call of each per round
-    assert rounds[0] != rounds[1]  # the order rotates
+    assert rounds[0] != rounds[1]  # the order changes
     out = measure_case(runners, "cpu", repeats=50, min_repeats=2, budget_s=0.0, memory=False)
     assert all(len(o.times_s) == 2 for o in out.values())  # budget spent: stop at min_repeats
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_round_order_balances_what_runs_just_before(n):
+    names = [f"r{i}" for i in range(n)]
+    rounds = [round_order(names, rnd) for rnd in range(2 * n)]  # whole designs (n or 2n rows)
+    assert all(sorted(r) == names for r in rounds)
+    follows = Counter((a, b) for r in rounds for a, b in zip(r, r[1:]))
+    pairs = [(a, b) for a in names for b in names if a != b]
+    assert set(follows) == set(pairs) and len(set(follows.values())) <= 1  # every ordered pair equally often
+    firsts = Counter(r[0] for r in rounds)
+    assert len(firsts) == n and len(set(firsts.values())) == 1
+
+
+def test_measure_case_gives_no_runner_a_fixed_predecessor():
+    calls = []
+    runners = {n: (lambda n=n: calls.append(n)) for n in "abcd"}
+    measure_case(runners, "cpu", repeats=8, min_repeats=8, budget_s=1e9, memory=False)
+    timed = calls[8:]
+    predecessors = {n: {a for a, b in zip(timed, timed[1:]) if b == n} for n in "abcd"}
+    assert all(p == set("abcd") - {n} for n, p in predecessors.items())
 
 
 def _oom():

@@ -219,9 +219,12 @@ def test_zero_length_and_empty_batch():
 @needs_cpp
 @pytest.mark.parametrize("zero_h0", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-def test_weight_grad_is_the_sum_over_steps(dtype, zero_h0):
+@pytest.mark.parametrize("T, B, H", [(6, 5, 16), (7, 21, 32), (3, 5, 96)])
+def test_weight_grad_is_the_sum_over_steps(dtype, zero_h0, T, B, H):
     # dW_hh = sum_t dxg_t^T h_{t-1}, h_{-1} = h0; a zero h0 (the default state) takes a shortcut.
-    xg, w, h0, c0 = random_recurrence_inputs(6, 5, 16, dtype=dtype)
+    # H % 32 == 0 in bf16 is the pair-packed vdpbf16ps GEMM where the CPU has it: T*B odd (a
+    # last pair with a zero row), 147 rows (two blocks of 64 row pairs), three column groups.
+    xg, w, h0, c0 = random_recurrence_inputs(T, B, H, dtype=dtype)
     if zero_h0:
         h0 = torch.zeros_like(h0)
     hs, cs, gates = ops.lstm_recurrence(xg, w, h0, c0)
@@ -308,6 +311,43 @@ def test_input_recurrence_opcheck(dtype):
     args = [t.requires_grad_(True) for t in _input_recurrence_args(4, 3, 2, 5, dtype)]
     torch.library.opcheck(ops.lstm_input_recurrence.default, args)
     torch.library.opcheck(ops.lstm_input_recurrence_inference.default, [t.detach() for t in args])
+
+
+@needs_cpp
+@pytest.mark.parametrize("zero_h0", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
+@pytest.mark.parametrize("T, B, I, H", [(3, 5, 2, 16), (7, 21, 1, 32), (2, 3, 64, 64), (3, 5, 3, 96)])
+def test_input_backward_returns_the_weight_gradients(dtype, zero_h0, T, B, I, H):
+    # lstm_input_recurrence_backward = lstm_recurrence_backward plus dw_ih = sum_j dxg_j^T x_j and
+    # db = sum_j dxg_j, float32-accumulated and rounded once. H % 32 == 0 in bf16 is one
+    # pair-packed vdpbf16ps pass for all three weights where the CPU has it: T*B odd (a last
+    # pair with a zero row), 147 rows (two blocks), I + 1 extra columns (with H: whole and
+    # partial register tiles).
+    x, w_ih, bias, w_hh, h0, c0 = _input_recurrence_args(T, B, I, H, dtype)
+    if zero_h0:
+        h0 = torch.zeros_like(h0)
+    hs, cs, gates = ops.lstm_input_recurrence(x, w_ih, bias, w_hh, h0, c0)
+    dhs, dcs = torch.randn_like(hs), torch.randn_like(cs)
+    dxg, dw_ih, db, dw_hh, dh0, dc0 = ops.lstm_input_recurrence_backward(dhs, dcs, x, w_hh, h0, c0, hs, cs, gates)
+    plain = ops.lstm_recurrence_backward(dhs, dcs, w_hh, h0, c0, hs, cs, gates)
+    for got, want in zip((dxg, dw_hh, dh0, dc0), plain, strict=True):
+        assert torch.equal(got, want)
+    assert dw_ih.shape == (4 * H, I) and db.shape == (4 * H,) and dw_ih.dtype == db.dtype == dtype
+    g = dxg.double().flatten(0, 1)
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}[dtype]
+    for got, want in ((dw_ih, g.t() @ x.double().flatten(0, 1)), (db, g.sum(0))):
+        torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol * want.abs().max().item())
+
+
+@needs_cpp
+def test_input_backward_rejects_a_bad_x():
+    x, w_ih, bias, w_hh, h0, c0 = _input_recurrence_args(3, 2, 3, 4, torch.float32)
+    hs, cs, gates = ops.lstm_input_recurrence(x, w_ih, bias, w_hh, h0, c0)
+    for bad, message in ((x[:2], r"x has shape \[2, 2, 3\], expected \[T, B, I\]"),
+                         (x.double(), r"x has dtype Double but w_hh has dtype Float"), (x[0], r"x must be 3-D")):
+        with pytest.raises(RuntimeError, match=message):
+            ops.lstm_input_recurrence_backward(hs, cs, bad, w_hh, h0, c0, hs, cs, gates)
 
 
 @needs_cpp

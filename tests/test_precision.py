@@ -253,8 +253,9 @@ def test_slow_16_bit_input_projection_runs_in_float32(monkeypatch, dtype, bias):
 
 @pytest.mark.parametrize("dtype", REDUCED, ids=["bf16", "f16"])
 def test_input_projection_gradients_follow_the_16_bit_gemm_rule(monkeypatch, dtype):
-    # The x / w_ih gradients of the op that projects inside the kernels are GEMMs over dxg: in
-    # float32, rounded once, where the CPU has no instructions for the 16-bit GEMM (as above).
+    # The x gradient of the op that projects inside the kernels is a GEMM over dxg: in float32,
+    # rounded once, where the CPU has no instructions for the 16-bit GEMM (as above). (Its w_ih
+    # and bias gradients come from the kernel: tests/test_cpp_backend.py.)
     from ecgkern import _build
     from ecgkern.backends import _ops
     monkeypatch.setattr(_build, "cpu_gemm_is_fast", lambda d: d not in REDUCED)
@@ -263,9 +264,7 @@ def test_input_projection_gradients_follow_the_16_bit_gemm_rule(monkeypatch, dty
               "w_ih": torch.randn(8, 2, generator=g).to(dtype)}
     with _GemmDtypes() as gemms:
         dx = _ops._input_projection_tails["x"](values)
-        dw = _ops._input_projection_tails["w_ih"](values)
     assert gemms.dtypes == {torch.float32}
-    assert dx.dtype == dw.dtype == dtype and dx.shape == (4, 3, 2) and dw.shape == (8, 2)
+    assert dx.dtype == dtype and dx.shape == (4, 3, 2)
     dxg = values["dxg"].float().flatten(0, 1)
     torch.testing.assert_close(dx.float(), (dxg @ values["w_ih"].float()).view(4, 3, 2).to(dtype).float())
-    torch.testing.assert_close(dw.float(), (dxg.t() @ values["x"].float().flatten(0, 1)).to(dtype).float())

@@ -18,8 +18,10 @@ and, CPU only, the same recurrence from the layer input, the input projection co
 step inside the kernel (xg is never written to memory; up to the input sizes of ``cpp.FUSED_INPUT_MAX``):
 
     ecgkern::lstm_input_recurrence(x [T,B,I], w_ih [4H,I], bias [4H], w_hh, h0, c0) -> (hs, cs, gates)
-    ecgkern::lstm_input_recurrence_backward: lstm_recurrence_backward's kernel; the gradients of
-        x, w_ih and bias follow from its dxg (``_input_projection_tails``)
+    ecgkern::lstm_input_recurrence_backward(dhs, dcs, x, w_hh, h0, c0, hs, cs, gates)
+        -> (dxg, dw_ih [4H,I], dbias [4H], dw_hh, dh0, dc0)     lstm_recurrence_backward's kernel, and
+        the input projection's weight gradients from its dxg (in bf16 one pass for all three);
+        dx = dxg @ w_ih is a tail (``_input_projection_tails``), computed only when needed
     ecgkern::lstm_input_recurrence_inference(x, w_ih, bias, w_hh, h0, c0) -> (hs, cs)
 """
 from __future__ import annotations
@@ -75,12 +77,15 @@ def _input_fake(x, w_ih, bias, w_hh, h0, c0):
     return x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
 
 
-# The input projection's gradients from dxg, the kernel's gate gradients, in the orientations
-# autograd gives addmm: dW_ih as (x^T dxg)^T (dxg^T x took 6.5x as long in float32 at I=3).
+def _fake_input_backward(dhs, dcs, x, w_hh, h0, c0, hs, cs, gates):
+    G = w_hh.shape[0]
+    return (torch.empty_like(gates), x.new_empty(G, x.shape[2]), x.new_empty(G), torch.empty_like(w_hh),
+            torch.empty_like(h0), torch.empty_like(c0))
+
+
+# The gradient of x from dxg, the kernel's gate gradients (the weights' come from the kernel).
 _input_projection_tails = {
     "x": lambda v: matmul(v["dxg"].flatten(0, 1), v["w_ih"]).view(v["x"].shape),
-    "w_ih": lambda v: matmul(v["x"].flatten(0, 1).t(), v["dxg"].flatten(0, 1)).t(),
-    "bias": lambda v: v["dxg"].sum((0, 1)),
 }
 
 LSTM_INPUT_RECURRENCE = RecurrenceOp(
@@ -89,13 +94,13 @@ LSTM_INPUT_RECURRENCE = RecurrenceOp(
     batch_dims={"x": 1, "h0": 0, "c0": 0},
     fake=_input_fake,
     reference=_input_reference,
-    backward_args=("dhs", "dcs", "w_hh", "h0", "c0", "hs", "cs", "gates"),
-    backward_returns=("xg", "w_hh", "h0", "c0"),
-    backward_fake=_fake_backward,
+    backward_args=("dhs", "dcs", "x", "w_hh", "h0", "c0", "hs", "cs", "gates"),
+    backward_returns=("xg", "w_ih", "bias", "w_hh", "h0", "c0"),
+    backward_fake=_fake_input_backward,
     tails=_input_projection_tails,
 )
 LSTM_INPUT_RECURRENCE.register_kernels("cpu", forward=_cpu("lstm_input_recurrence"),
-                                       backward=_cpu("lstm_recurrence_backward"),
+                                       backward=_cpu("lstm_input_recurrence_backward"),
                                        inference=_cpu("lstm_input_recurrence_inference"))
 
 input_recurrence = LSTM_INPUT_RECURRENCE

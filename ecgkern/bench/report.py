@@ -155,7 +155,8 @@ def environment_lines(result: dict) -> list[str]:
         f"- run {env.get('date_utc')}, load average (1/5/15 min) at start {_load(env.get('load_average'))}, "
         f"at end {_load(env.get('load_average_end'))}; command: `{result.get('command')}`",
         f"- timing: first call apart (compile/JIT build), one warm-up call, then up to {st.get('repeats')} repeats "
-        f"(at least {st.get('min_repeats')}, until {st.get('budget_s')} s per backend and case), backends interleaved; "
+        f"(at least {st.get('min_repeats')}, until {st.get('budget_s')} s per backend and case), backends interleaved "
+        "(each round in an order balanced for what ran just before); "
         "median and IQR; every timing includes the input projection",
         "- backend load in this process (import, plus the JIT build when not cached): "
         + ", ".join(f"{k} {v:.2f} s" for k, v in (env.get("backend_load_s") or {}).items()),
