@@ -9,7 +9,9 @@ recurrence ops (no_grad forward, training forward, backward; no autograd, no inp
 timed interleaved with every other variant's: per round each op runs three times and keeps its
 fastest call, the figure is the median over rounds. Variants that have the recurrence from the
 layer input (``lstm_input_recurrence``, the input projection inside the kernels) also time it,
-with ``--input-size`` features ("no_grad x", "forward x"); the xg ops exclude the projection.
+with ``--input-size`` features ("no_grad x", "forward x", and "backward x": the backward with
+dW_ih and the bias gradient, for sources from before ``lstm_input_recurrence_backward`` the
+recurrence backward followed by ATen's GEMM and sum); the xg ops exclude the projection.
 The first variant is the baseline of the ratios. How this session's op-level figures in
 benchmarks/README.md were measured, and the way to compare tilings or micro-kernels on a new
 CPU family.
@@ -60,6 +62,14 @@ def calls(ops, T: int, B: int, H: int, I: int, dtype: torch.dtype) -> dict:
         bias = (0.1 * torch.randn(4 * H, generator=g)).to(dtype)
         fns["no_grad x"] = lambda: ops.lstm_input_recurrence_inference(x, w_ih, bias, w, h0, c0)
         fns["forward x"] = lambda: ops.lstm_input_recurrence(x, w_ih, bias, w, h0, c0)
+        hs_x, cs_x, gates_x = ops.lstm_input_recurrence(x, w_ih, bias, w, h0, c0)
+        if hasattr(ops, "lstm_input_recurrence_backward"):
+            fns["backward x"] = lambda: ops.lstm_input_recurrence_backward(dhs, dcs, x, w, h0, c0, hs_x, cs_x, gates_x)
+        else:  # sources from before that op: its backward, then dW_ih and the bias gradient in ATen
+            def backward_x():
+                dxg = ops.lstm_recurrence_backward(dhs, dcs, w, h0, c0, hs_x, cs_x, gates_x)[0].flatten(0, 1)
+                return (x.flatten(0, 1).t() @ dxg).t(), dxg.sum(0)
+            fns["backward x"] = backward_x
     return fns
 
 
@@ -93,14 +103,15 @@ def main() -> None:
             times[key].append(best)
     flops = 2 * T * B * 4 * H * H
     print(f"{cpu_model()} {cpu_isa()}, torch {torch.__version__}, {torch.get_num_threads()} threads, B={B} T={T} H={H}")
-    for mode in ("no_grad", "forward", "backward", "no_grad x", "forward x"):
+    for mode in ("no_grad", "forward", "backward", "no_grad x", "forward x", "backward x"):
         for dtype in args.dtypes.split(","):
             medians = {name: statistics.median(times[(mode, dtype, name)]) for name in variants
                        if (mode, dtype, name) in times}
             if not medians:
                 continue
             base = next(iter(medians.values()))
-            work = flops * (2 if mode == "backward" else 1) * (1 + args.input_size / H if mode.endswith(" x") else 1)
+            # the backward adds dW_hh; the ops from the input add the projection or dW_ih
+            work = flops * ((2 if mode.startswith("backward") else 1) + (args.input_size / H if mode.endswith(" x") else 0))
             print(f"{mode:8s} {dtype:9s} " + "  ".join(
                 f"{name} {m * 1e3:.3f} ms ({base / m:.2f}x, {work / m / 1e9:.0f} GFLOP/s)" for name, m in medians.items()))
 

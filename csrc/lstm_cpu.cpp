@@ -18,7 +18,8 @@
 //   tanh are inlined polynomials (Cephes), float64 uses the Sleef functions libtorch exports;
 // - the layer's input projection may run inside the forward (ecgkern::lstm_input_recurrence):
 //   each tile's accumulators start from bias + x_t @ w_ih^T, and xg never exists in memory;
-// - nothing is allocated inside the time loop; dW_hh is one GEMM after the loop;
+// - nothing is allocated inside the time loop; dW_hh is one GEMM after the loop, and for the op
+//   from the layer input dW_ih and the bias gradient come from the same pass over dxg;
 // - outputs of 32 MB and more are advised onto transparent huge pages (page faults).
 //
 // Precision: float64 computes in float64, float32 in float32. bfloat16 and float16 are storage
@@ -766,14 +767,20 @@ void backward_kernel(const S* dhs, const S* dcs, const S* w, const S* c0, const 
 }
 
 // dw [4H, H] = sum_j dg[j]^T hp[j] over J rows (dg rows 4H apart, hp rows H apart): the
-// one GEMM for dW_hh after the reverse loop. Needs H % V == 0 (full-vector rows of hp).
-// Threads split the rows of dw; j is blocked so the current block of dg and hp stays in L2.
+// one GEMM for dW_hh after the reverse loop. With x (rows I apart, else null) also, in the same
+// pass while each block of dg is in cache, dwih_t [I, 4H] += sum_j x[j]^T dg[j] and db [4H] +=
+// sum_j dg[j] (both accumulated: the caller zeroes them). Needs H % V == 0 (full-vector rows
+// of hp). Threads split the rows of dw in whole vectors; j is blocked so the current block of
+// dg and hp stays in L2.
 template <typename T>
-void weight_grad(const T* dg, const T* hp, T* dw, int64_t J, int64_t H) {
+void weight_grad(const T* dg, const T* hp, T* dw, int64_t J, int64_t H, const T* x = nullptr, int64_t I = 0,
+                 T* dwih_t = nullptr, T* db = nullptr) {
   constexpr int64_t V = kV<T>, JB = 256;
   const int64_t G = 4 * H;
+  const T one(1);
   std::fill(dw, dw + G * H, T(0));
-  at::parallel_for(0, G, kMR, [&](int64_t n_begin, int64_t n_end) {
+  at::parallel_for(0, G / V, 1, [&](int64_t v_begin, int64_t v_end) {
+    const int64_t n_begin = v_begin * V, n_end = v_end * V;
     for (int64_t j0 = 0; j0 < J; j0 += JB) {
       const int64_t jn = std::min(JB, J - j0);
       for (int64_t n0 = n_begin; n0 < n_end; n0 += kMR) {
@@ -785,6 +792,18 @@ void weight_grad(const T* dg, const T* hp, T* dw, int64_t J, int64_t H) {
             });
           });
         }
+      }
+      if (!x) continue;
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += 4 * V) {
+        with_tile<4>((n_end - n0) / V, [&](auto nv) {
+          constexpr int NV = decltype(nv)::value;
+          const T* b = dg + j0 * G + n0;
+          for (int64_t c0 = 0; c0 < I; c0 += kMR)
+            with_tile<kMR>(I - c0, [&](auto mr) {
+              weight_grad_tile<T, decltype(mr)::value, NV>(x + j0 * I + c0, I, b, G, jn, dwih_t + c0 * G + n0, G);
+            });
+          weight_grad_tile<T, 1, NV>(&one, 0, b, G, jn, db + n0, G);  // a_k = 0: every row times 1
+        });
       }
     }
   });
@@ -1017,47 +1036,72 @@ bool aten_gemm_is_slow(at::ScalarType dtype) {
 #endif
 }
 
-// dW_hh = sum_t dgates[t]^T h_{t-1}, one GEMM over all steps.
-at::Tensor weight_grad_of(const at::Tensor& dxg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& hs) {
-  const int64_t Tn = dxg.size(0), B = dxg.size(1), H = w_hh.size(1);
+// The weight gradients from dxg [T, B, 4H], as sums over all T*B rows: w_hh = sum dgates^T
+// h_prev (h_prev = [h0, hs[:-1]]) and, with the layer input x [T, B, I] (else undefined),
+// w_ih = sum dgates^T x and bias = sum dgates. One pass over dxg for all of them where the
+// kernels allow (weight_grad, weight_grad_bf16); else ATen's GEMMs, dw_ih as (x^T dxg)^T, the
+// orientation autograd gives addmm (dxg^T x took 6.5x as long in float32 at I=3).
+struct WeightGrads {
+  at::Tensor w_hh, w_ih, bias;
+};
+
+WeightGrads weight_grads(const at::Tensor& dxg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& hs,
+                         const at::Tensor& x) {
+  const int64_t Tn = dxg.size(0), B = dxg.size(1), H = w_hh.size(1), G = 4 * H;
+  const bool with_input = x.defined();
+  const int64_t I = with_input ? x.size(2) : 0;
+  const auto options = w_hh.options();
+  WeightGrads out;
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
   // Measured against the oneDNN GEMM below (Zen 5, benchmarks/ab_cpu_kernels.py): the bf16
   // backward op 1.08x faster at the ECG shape and at B=256, H=256.
   if (w_hh.scalar_type() == at::kBFloat16 && H % 32 == 0) {
-    auto dw = at::empty_like(w_hh);
-    weight_grad_bf16(dxg.data_ptr<c10::BFloat16>(), h0.data_ptr<c10::BFloat16>(), hs.data_ptr<c10::BFloat16>(),
-                     nullptr, 0, dw.data_ptr<c10::BFloat16>(), nullptr, nullptr, Tn * B, B, H);
-    return dw;
-  }
-#endif
-#if defined(CPU_CAPABILITY_AVX512)
-  if (w_hh.scalar_type() == at::kBFloat16) {
-    // H not a multiple of 32, or no AVX512-BF16: ATen's bf16 GEMM (oneDNN, float32 accumulation)
-    // over [h0, hs[:-1]], rounded once; with a zero h0 (the default state) step 0 adds nothing
-    // and hs[:-1] needs no copy (0.85x the time).
-    if (Tn > 1 && !h0.any().item<bool>())
-      return at::mm(dxg.narrow(0, 1, Tn - 1).reshape({-1, 4 * H}).t(), hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
-    const at::Tensor h_prev = at::cat({h0.unsqueeze(0), hs.narrow(0, 0, Tn - 1)});
-    return at::mm(dxg.reshape({-1, 4 * H}).t(), h_prev.reshape({-1, H}));
+    out.w_hh = at::empty_like(w_hh);
+    if (with_input) out.w_ih = at::empty({G, I}, options), out.bias = at::empty({G}, options);
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<c10::BFloat16>() : nullptr; };
+    weight_grad_bf16(ptr(dxg), ptr(h0), ptr(hs), ptr(x), I, ptr(out.w_hh), ptr(out.w_ih), ptr(out.bias), Tn * B, B,
+                     H);
+    return out;
   }
 #endif
   if (aten_gemm_is_slow(w_hh.scalar_type())) {
-    return weight_grad_of(dxg.to(at::kFloat), w_hh.to(at::kFloat), h0.to(at::kFloat), hs.to(at::kFloat))
-        .to(w_hh.scalar_type());
+    const auto wide = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+    const auto round = [&](const at::Tensor& t) { return t.defined() ? t.to(w_hh.scalar_type()) : t; };
+    const WeightGrads w = weight_grads(wide(dxg), wide(w_hh), wide(h0), wide(hs), wide(x));
+    return {round(w.w_hh), round(w.w_ih), round(w.bias)};
   }
-  // Steps 1..T-1 in the register-tiled GEMM (or ATen's when H is not whole vectors), then h0's.
-  auto dw = at::empty_like(w_hh);
+  const at::Tensor dg = dxg.reshape({-1, G});
+  bool tiled = false;  // float32/float64 with H whole vectors: the register-tiled pass
+  if (w_hh.scalar_type() != at::kBFloat16)
+    AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_weight_grads_cpu", [&] { tiled = H % kV<scalar_t> == 0; });
+  if (!tiled) {
+#if defined(CPU_CAPABILITY_AVX512)
+    // bf16 with H not a multiple of 32, or without AVX512-BF16: ATen's bf16 GEMM (oneDNN,
+    // float32 accumulation), rounded once; with a zero h0 (the default state) step 0 adds nothing
+    // and hs[:-1] needs no copy (0.85x the time). float32/float64 with H not whole vectors.
+    if (w_hh.scalar_type() == at::kBFloat16 && Tn > 1 && !h0.any().item<bool>())
+      out.w_hh = at::mm(dxg.narrow(0, 1, Tn - 1).reshape({-1, G}).t(), hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
+#endif
+    if (!out.w_hh.defined())
+      out.w_hh = at::mm(dg.t(), at::cat({h0.unsqueeze(0), hs.narrow(0, 0, Tn - 1)}).reshape({-1, H}));
+    if (with_input) out.w_ih = at::mm(x.reshape({-1, I}).t(), dg).t().contiguous(), out.bias = dg.sum(0);
+    return out;
+  }
+  // float32/float64: steps 1..T-1 in the register-tiled pass, then step 0's (h0) rows.
+  out.w_hh = at::empty_like(w_hh);
+  at::Tensor dwih_t = with_input ? at::zeros({I, G}, options) : at::Tensor();
+  if (with_input) out.bias = at::zeros({G}, options);
   AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "lstm_recurrence_weight_grad_cpu", [&] {
-    if (H % kV<scalar_t> == 0) {
-      weight_grad<scalar_t>(dxg.data_ptr<scalar_t>() + B * 4 * H, hs.data_ptr<scalar_t>(),
-                            dw.data_ptr<scalar_t>(), (Tn - 1) * B, H);
-    } else {
-      at::mm_out(dw, dxg.narrow(0, 1, Tn - 1).reshape({-1, 4 * H}).t(),
-                 hs.narrow(0, 0, Tn - 1).reshape({-1, H}));
-    }
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    weight_grad<scalar_t>(ptr(dxg) + B * G, ptr(hs), ptr(out.w_hh), (Tn - 1) * B, H,
+                          with_input ? ptr(x) + B * I : nullptr, I, ptr(dwih_t), ptr(out.bias));
   });
-  dw.addmm_(dxg[0].t(), h0);
-  return dw;
+  out.w_hh.addmm_(dxg[0].t(), h0);
+  if (with_input) {
+    out.w_ih = dwih_t.addmm_(x[0].t(), dxg[0]).t().contiguous();
+    out.bias.add_(dxg[0].sum(0));
+  }
+  return out;
 }
 
 // Checked, dense inputs of a backward, then the reverse loop: (dxg, dh0, dc0) and the dense
@@ -1098,16 +1142,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_backw
     const at::Tensor& dhs, const at::Tensor& dcs, const at::Tensor& w_hh, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& gates) {
   BackwardRun r = run_backward(kBwd, dhs, dcs, w_hh, h0, c0, hs, cs, gates);
-  at::Tensor dw_hh = r.dxg.numel() ? weight_grad_of(r.dxg, r.w_hh, r.h0, r.hs) : at::zeros_like(r.w_hh);
+  at::Tensor dw_hh = r.dxg.numel() ? weight_grads(r.dxg, r.w_hh, r.h0, r.hs, {}).w_hh : at::zeros_like(r.w_hh);
   return {r.dxg, dw_hh, r.dh0, r.dc0};
 }
 
 // The backward of the recurrence from the layer input x [T, B, I]: also the gradients of w_ih
 // [4H, I] and of the bias [4H] (dx = dxg @ w_ih is left to the caller: only needed when x
-// requires grad). bf16 with AVX512-BF16 and H % 32 == 0 gets all three weight gradients from one
-// pass over dxg (weight_grad_bf16); elsewhere dw_ih = (x^T dxg)^T, as autograd orients addmm's
-// (dxg^T x took 6.5x as long in float32 at I=3), in float32 for the 16-bit types ATen's GEMM
-// loops over (see weight_grad_of), and db = the sum of dxg.
+// requires grad), from the same pass over dxg as dw_hh where the kernels allow (weight_grads).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_input_recurrence_backward_cpu(
     const at::Tensor& dhs, const at::Tensor& dcs, const at::Tensor& x_in, const at::Tensor& w_hh,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& hs, const at::Tensor& cs,
@@ -1120,20 +1161,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (r.dxg.numel() == 0)
     return {r.dxg, at::zeros({4 * H, I}, w_hh.options()), at::zeros({4 * H}, w_hh.options()), at::zeros_like(w_hh),
             r.dh0, r.dc0};
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-  if (w_hh.scalar_type() == at::kBFloat16 && H % 32 == 0) {
-    auto dw_ih = at::empty({4 * H, I}, w_hh.options()), db = at::empty({4 * H}, w_hh.options());
-    auto dw_hh = at::empty_like(r.w_hh);
-    weight_grad_bf16(r.dxg.data_ptr<c10::BFloat16>(), r.h0.data_ptr<c10::BFloat16>(), r.hs.data_ptr<c10::BFloat16>(),
-                     x.data_ptr<c10::BFloat16>(), I, dw_hh.data_ptr<c10::BFloat16>(),
-                     dw_ih.data_ptr<c10::BFloat16>(), db.data_ptr<c10::BFloat16>(), Tn * B, B, H);
-    return {r.dxg, dw_ih, db, dw_hh, r.dh0, r.dc0};
-  }
-#endif
-  const at::Tensor dg = r.dxg.reshape({-1, 4 * H}), xt = x.reshape({-1, I}).t();
-  const bool widen = aten_gemm_is_slow(w_hh.scalar_type());
-  at::Tensor dw_ih = widen ? at::mm(xt.to(at::kFloat), dg.to(at::kFloat)).to(w_hh.scalar_type()) : at::mm(xt, dg);
-  return {r.dxg, dw_ih.t().contiguous(), dg.sum(0), weight_grad_of(r.dxg, r.w_hh, r.h0, r.hs), r.dh0, r.dc0};
+  const WeightGrads w = weight_grads(r.dxg, r.w_hh, r.h0, r.hs, x);
+  return {r.dxg, w.w_ih, w.bias, w.w_hh, r.dh0, r.dc0};
 }
 
 }  // namespace

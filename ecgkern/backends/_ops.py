@@ -20,7 +20,7 @@ step inside the kernel (xg is never written to memory; up to the input sizes of 
     ecgkern::lstm_input_recurrence(x [T,B,I], w_ih [4H,I], bias [4H], w_hh, h0, c0) -> (hs, cs, gates)
     ecgkern::lstm_input_recurrence_backward(dhs, dcs, x, w_hh, h0, c0, hs, cs, gates)
         -> (dxg, dw_ih [4H,I], dbias [4H], dw_hh, dh0, dc0)     lstm_recurrence_backward's kernel, and
-        the input projection's weight gradients from its dxg (in bf16 one pass for all three);
+        the input projection's weight gradients from its dxg (one pass for all three weights);
         dx = dxg @ w_ih is a tail (``_input_projection_tails``), computed only when needed
     ecgkern::lstm_input_recurrence_inference(x, w_ih, bias, w_hh, h0, c0) -> (hs, cs)
 """
