@@ -864,9 +864,10 @@ void weight_grad_bf16(const c10::BFloat16* dg, const c10::BFloat16* h0, const c1
   const auto h_row = [&](int64_t j) { return j < B ? h0 + j * H : hs + (j - B) * H; };
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     // acc: per group, `cols` packed columns x 64 dg lanes; hpk: [JB][cols]; dgk: per group [JB][64].
-    const at::Tensor buffers = at::empty({(g1 - g0) * cols * 64 + JB * cols + (g1 - g0) * JB * 64}, at::kFloat);
-    float* acc = buffers.data_ptr<float>();
-    int32_t* hpk = reinterpret_cast<int32_t*>(acc + (g1 - g0) * cols * 64);
+    const at::Tensor sums = at::empty({(g1 - g0) * cols * 64}, at::kFloat);
+    const at::Tensor packs = at::empty({JB * cols + (g1 - g0) * JB * 64}, at::kInt);
+    float* acc = sums.data_ptr<float>();
+    int32_t* hpk = packs.data_ptr<int32_t>();
     int32_t* dgk = hpk + JB * cols;
     for (int64_t j0 = 0; j0 < J; j0 += 2 * JB) {
       const int64_t pairs = std::min(JB, (J - j0 + 1) / 2);
