@@ -115,9 +115,9 @@ def round_order(names: list, rnd: int) -> list:
 
     Every name comes once per round and right after every other name equally often over the
     design's rows (n of them for n names, 2n for odd n): a Latin square balanced for first-order
-    carry-over. Measured why (ECG shape, bf16 autocast, Zen 5): under a rotation the cpp layer
-    always ran right after the reference loop, and was 0.1-0.3 ms slower there than after
-    nn.LSTM, which moved its ratio to float32 cpp from 1.60x to 1.34x.
+    carry-over. Why: a call pays for what ran just before it, and under a rotation the cpp layer
+    always ran right after the reference loop (``python benchmarks/bench_predecessors.py``;
+    ECG shape, bf16 autocast, Zen 5: 0.957 ms there against 0.840-0.859 ms after the others).
     """
     n = len(names)
     first, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
